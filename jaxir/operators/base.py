@@ -1,0 +1,126 @@
+"""The one operator interface shared by every forward model.
+
+An operator is an immutable `flax.struct` pytree: arrays (kernels, masks) are
+leaves, sizes and modes are static fields. Every method takes ONE image
+`(H, W, C)` (or one measurement); batch with `jax.vmap`.
+
+* `A(x)`      forward model, x of shape `in_shape`.
+* `AT(y)`     exact adjoint; defaults to `jax.linear_transpose` of `A`.
+* `pinv(y)`   pseudo-inverse; closed form where one exists, else CG on AᵀA.
+* SVD form (`SVDOperator`, used by DDRM/DDNM/DeqIR-style solvers):
+  `A = U diag(s) Vᵀ` with `VT(x) -> (n,)` spectral coefficients (first
+  `len(s)` carry the singular values), `V` its inverse, `UT(y) -> (m,)`,
+  `U(u) -> y`. Coefficients may be complex (FFT bases); `V`/`U` are unitary.
+
+References:
+  Kawar et al., "Denoising Diffusion Restoration Models" (DDRM), 2022 (H_functions).
+  deepinv `physics/forward.py` (LinearPhysics / DecomposablePhysics split).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+__all__ = ["Operator", "LinearOperator", "SVDOperator", "cg", "adjoint_error"]
+
+
+class Operator(struct.PyTreeNode):
+  """A (possibly nonlinear) forward model y = A(x) on one HWC image.
+
+  Attributes:
+    in_shape: static (H, W, C) of the image the operator takes.
+  """
+  in_shape: tuple = struct.field(pytree_node=False)
+
+  linear = False
+
+  def A(self, x):
+    raise NotImplementedError
+
+  def __call__(self, x):
+    return self.A(x)
+
+  @property
+  def out_shape(self):
+    """Shape of A(x), found by abstract evaluation (no FLOPs)."""
+    return jax.eval_shape(self.A, jax.ShapeDtypeStruct(self.in_shape, jnp.float32)).shape
+
+
+class LinearOperator(Operator):
+  """A linear forward model with adjoint and pseudo-inverse."""
+
+  linear = True
+
+  def AT(self, y):
+    """Adjoint Aᵀy, by default the exact linear transpose of `A`."""
+    (x,) = jax.linear_transpose(self.A, jax.ShapeDtypeStruct(self.in_shape, y.dtype))(y)
+    return x
+
+  def pinv(self, y, *, maxiter: int = 100, tol: float = 1e-6):
+    """A⁺y = argmin ||x|| s.t. AᵀA x = Aᵀy, by conjugate gradients from 0."""
+    return cg(lambda v: self.AT(self.A(v)), self.AT(y), maxiter=maxiter, tol=tol)
+
+
+class SVDOperator(LinearOperator):
+  """A linear model given by its SVD, A = U diag(s) Vᵀ."""
+
+  def singulars(self):
+    """Singular values, shape (m,) with m = number of kept spectral entries."""
+    raise NotImplementedError
+
+  def VT(self, x):
+    raise NotImplementedError
+
+  def V(self, v):
+    raise NotImplementedError
+
+  def UT(self, y):
+    raise NotImplementedError
+
+  def U(self, u):
+    raise NotImplementedError
+
+  def svd(self):
+    """(U, UT, s, V, VT): the factors as functions plus the singular values."""
+    return self.U, self.UT, self.singulars(), self.V, self.VT
+
+  def A(self, x):
+    s = self.singulars()
+    return self.U(s * self.VT(x)[: s.shape[0]])
+
+  def AT(self, y):
+    s = self.singulars()
+    u = self.UT(y)
+    n = int(np.prod(self.in_shape))
+    v = jnp.zeros((n,), u.dtype).at[: s.shape[0]].set(s * u)
+    return self.V(v)
+
+  def pinv(self, y):
+    s = self.singulars()
+    u = self.UT(y)
+    inv = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
+    n = int(np.prod(self.in_shape))
+    v = jnp.zeros((n,), u.dtype).at[: s.shape[0]].set(inv * u)
+    return self.V(v)
+
+
+
+
+
+def cg(matvec, b, *, maxiter: int = 100, tol: float = 1e-6):
+  """Conjugate gradients for a symmetric PSD `matvec`, started at zero."""
+  x, _ = jax.scipy.sparse.linalg.cg(matvec, b, tol=tol, maxiter=maxiter)
+  return x
+
+
+def adjoint_error(op: LinearOperator, key) -> jax.Array:
+  """Relative error of the dot-product test |<Ax, y> - <x, Aᵀy>| / (|Ax||y|)."""
+  kx, ky = jax.random.split(key)
+  x = jax.random.normal(kx, op.in_shape)
+  ax = op.A(x)
+  y = jax.random.normal(ky, ax.shape, ax.dtype)
+  lhs = jnp.vdot(ax, y)
+  rhs = jnp.vdot(x, op.AT(y))
+  return jnp.abs(lhs - rhs) / (jnp.linalg.norm(ax) * jnp.linalg.norm(y))
