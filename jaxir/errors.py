@@ -1,7 +1,7 @@
 """Named errors raised on bad input, so callers can catch them and read the fix."""
 
 __all__ = ["JaxirError", "ShapeError", "RangeError", "KernelError", "NaNError",
-           "CheckpointError", "ConfigError"]
+           "CheckpointError", "ConfigError", "ImageReadError"]
 
 
 class JaxirError(ValueError):
@@ -30,3 +30,7 @@ class CheckpointError(JaxirError):
 
 class ConfigError(JaxirError):
   """A configuration value is invalid."""
+
+
+class ImageReadError(JaxirError, OSError):
+  """An image file is missing, unreadable or of an unsupported kind."""
