@@ -1,4 +1,14 @@
 """Forward operators: one pytree interface (A, AT, pinv, SVD form), one image per call."""
 from jaxir.operators.base import LinearOperator, Operator, SVDOperator, adjoint_error, cg
+from jaxir.operators.blur import Blur, CircularBlur, gaussian_blur, motion_blur
+from jaxir.operators.kernels import (gaussian_kernel, kernel_from_logits, kernel_to_logits,
+                                     motion_kernel, motion_trajectory, trajectory_kernel,
+                                     validate_kernel)
+from jaxir.operators.noise import gaussian_noise, poisson_noise
+from jaxir.operators.phase_retrieval import PhaseRetrieval
 
-__all__ = ["Operator", "LinearOperator", "SVDOperator", "adjoint_error", "cg"]
+__all__ = ["Operator", "LinearOperator", "SVDOperator", "adjoint_error", "cg",
+           "Blur", "CircularBlur", "gaussian_blur", "motion_blur", "PhaseRetrieval",
+           "gaussian_kernel", "motion_kernel", "motion_trajectory", "trajectory_kernel",
+           "kernel_from_logits", "kernel_to_logits", "validate_kernel",
+           "gaussian_noise", "poisson_noise"]

@@ -1,0 +1,56 @@
+"""Measurement noise, as DPS simulates it: y = A(x) + n. Pure and keyed.
+
+References:
+  Chung et al., DPS, ICLR 2023; `guided_diffusion/measurements.py`
+    (GaussianNoise, PoissonNoise).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxir.checks import is_concrete
+from jaxir.errors import ConfigError
+
+__all__ = ["gaussian_noise", "poisson_noise"]
+
+
+def gaussian_noise(key, y, sigma):
+  """Additive white Gaussian noise: y + sigma * N(0, I).
+
+  Args:
+    key: `jax.random` key.
+    y: clean measurement, any shape (images in [-1, 1]).
+    sigma: standard deviation in the units of `y` (DPS: 0.05 on [-1, 1]).
+
+  Returns:
+    Noisy array, shape and dtype of `y`.
+  """
+  if is_concrete(sigma) and not sigma >= 0:
+    raise ConfigError(f"sigma={sigma!r} must be >= 0.")
+  y = jnp.asarray(y)
+  return y + jnp.asarray(sigma, y.dtype) * jax.random.normal(key, y.shape, y.dtype)
+
+
+def poisson_noise(key, y, rate):
+  """DPS's Poisson (shot) noise on a [-1, 1] measurement.
+
+  Maps y to [0, 1] (clipped), draws N ~ Poisson(255 * rate * y01) per entry,
+  returns 2 * N / (255 * rate) - 1 clipped to [-1, 1]. Larger `rate` means more
+  photons, hence less noise (variance 4 y01 / (255 rate) before clipping).
+
+  Args:
+    key: `jax.random` key.
+    y: clean measurement in [-1, 1], any shape.
+    rate: photon scale (DPS: 1.0), > 0.
+
+  Returns:
+    Noisy array, shape and dtype of `y`, in [-1, 1].
+  """
+  if is_concrete(rate) and not rate > 0:
+    raise ConfigError(f"rate={rate!r} must be > 0.")
+  y = jnp.asarray(y)
+  scale = 255.0 * jnp.asarray(rate, jnp.float32)
+  lam = jnp.clip((y.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0) * scale
+  counts = jax.random.poisson(key, lam, y.shape).astype(jnp.float32)
+  return jnp.clip(counts / scale * 2.0 - 1.0, -1.0, 1.0).astype(y.dtype)
