@@ -180,7 +180,10 @@ def read_folder(path, size=None, *, allow_gray: bool = True,
 
 
 def _to_uint8(x, name: str) -> np.ndarray:
-  """[-1, 1] float (..., H, W, C) with C in {1, 3} -> uint8 with 3 channels."""
+  """[-1, 1] float (..., H, W, C) with C in {1, 3} -> uint8 with 3 channels (uint8 kept)."""
+  if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim in (3, 4) \
+      and x.shape[-1] in (1, 3):
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
   x = np.asarray(x, np.float32)
   if x.ndim not in (3, 4) or x.shape[-1] not in (1, 3):
     raise ShapeError(f"{name} has shape {x.shape}; expected (H, W, C) or (N, H, W, C) "
@@ -194,8 +197,9 @@ def _to_uint8(x, name: str) -> np.ndarray:
 
 
 def write_image(path, x) -> Path:
-  """Write an image in [-1, 1] as an 8-bit file (PNG recommended; type by suffix).
+  """Write an image in [-1, 1] (or uint8, as from `side_by_side`) as an 8-bit file.
 
+  PNG recommended; the type follows the suffix.
   Values outside [-1, 1] are clipped. A batch (N, H, W, C) with N > 1 is
   written as one horizontal strip (`side_by_side` without labels).
 

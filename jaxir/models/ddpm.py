@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxir.errors import CheckpointError, ConfigError, ShapeError
+from jaxir.models.conv import conv_general_dilated
 
 __all__ = ["DDPMConfig", "ddpm_config", "ddpm_config_from_diffusers", "ddpm_config_to_diffusers",
            "DDPMUNet", "ddpm_timestep_embedding", "ddpm_state_dict_shapes", "ddpm_key_naming",
@@ -221,7 +222,7 @@ def _norm(name):
 
 def _conv(features, kernel, dtype, name, stride=1, padding="SAME"):
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                 dtype=dtype, name=name)
+                 dtype=dtype, conv_general_dilated=conv_general_dilated, name=name)
 
 
 def _swish(x):

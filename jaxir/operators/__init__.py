@@ -4,11 +4,16 @@ from jaxir.operators.blur import Blur, CircularBlur, gaussian_blur, motion_blur
 from jaxir.operators.kernels import (gaussian_kernel, kernel_from_logits, kernel_to_logits,
                                      motion_kernel, motion_trajectory, trajectory_kernel,
                                      validate_kernel)
+from jaxir.operators.color import DDRM_GRAY_WEIGHTS, Colorization
+from jaxir.operators.denoise import Identity
+from jaxir.operators.inpaint import Inpaint, box_mask, random_mask
 from jaxir.operators.noise import gaussian_noise, poisson_noise
 from jaxir.operators.phase_retrieval import PhaseRetrieval
+from jaxir.operators.superres import AvgPoolSR, BicubicSR, resizer_matrix
 
 __all__ = ["Operator", "LinearOperator", "SVDOperator", "adjoint_error", "cg",
            "Blur", "CircularBlur", "gaussian_blur", "motion_blur", "PhaseRetrieval",
            "gaussian_kernel", "motion_kernel", "motion_trajectory", "trajectory_kernel",
            "kernel_from_logits", "kernel_to_logits", "validate_kernel",
-           "gaussian_noise", "poisson_noise"]
+           "gaussian_noise", "poisson_noise", "Identity", "Inpaint", "box_mask", "random_mask",
+           "Colorization", "DDRM_GRAY_WEIGHTS", "BicubicSR", "AvgPoolSR", "resizer_matrix"]

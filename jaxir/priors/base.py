@@ -8,6 +8,7 @@ networks.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from flax import struct
 from jaxir.diffusion.ddim import split_eps, x0_from_eps
 from jaxir.diffusion.schedule import Schedule, get_schedule
 
-__all__ = ["Prior", "make_prior"]
+__all__ = ["Prior", "make_prior", "module_apply_fn", "model_prior"]
 
 
 class Prior(struct.PyTreeNode):
@@ -54,3 +55,25 @@ def make_prior(apply_fn: Callable, params: Any, schedule: Schedule | None = None
   return Prior(apply_fn=apply_fn, params=params,
                schedule=schedule if schedule is not None else get_schedule("linear", 1000),
                image_shape=image_shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModuleApply:
+  module: Any
+
+  def __call__(self, params, x, t):
+    return self.module.apply(params, x, t)
+
+
+def module_apply_fn(module) -> Callable:
+  """`apply_fn(params, x, t)` of a Flax module called as `module(x, t)`.
+
+  Equal modules give equal (hashable) functions, so jitted code is reused.
+  """
+  return _ModuleApply(module)
+
+
+def model_prior(model, params, schedule: Schedule | None = None,
+                image_shape: tuple | None = None) -> Prior:
+  """A `Prior` from a Flax U-Net and its params (e.g. from `jaxir.models.load`)."""
+  return make_prior(module_apply_fn(model), params, schedule, image_shape)

@@ -1,0 +1,109 @@
+"""Named restoration tasks: the papers' operator settings, scaled to any image size.
+
+`make_operator(name, key, in_shape)` builds the forward operator of a task, so
+the command line, the experiment scripts and user code share one definition.
+Settings are the papers' (FFHQ-256, from DPS / DCDP); on smaller images the
+blur kernels and inpainting boxes keep their size relative to the image
+(61/256 of the side, 128/256 of the side), since a 61x61 kernel on a 32x32
+image is not the same task.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from jaxir.errors import ConfigError
+from jaxir.operators.blur import gaussian_blur, motion_blur
+from jaxir.operators.color import Colorization
+from jaxir.operators.denoise import Identity
+from jaxir.operators.inpaint import Inpaint, box_mask, random_mask
+from jaxir.operators.phase_retrieval import PhaseRetrieval
+from jaxir.operators.superres import AvgPoolSR, BicubicSR
+
+__all__ = ["Task", "TASKS", "make_operator", "task_names"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A restoration task.
+
+  Attributes:
+    name: registry name.
+    description: one line for help texts.
+    sigma_y: default measurement noise std on [-1, 1] images (DPS: 0.05).
+    dcdp_preset: the DCDP preset it uses (`jaxir.solvers.dcdp.DCDP_PRESETS`);
+      tasks the DCDP paper does not run borrow the closest one.
+    dps_preset: the DPS preset it uses (`jaxir.solvers.dps.DPS_PRESETS`), same rule.
+  """
+  name: str
+  description: str
+  sigma_y: float = 0.05
+  dcdp_preset: str = "sr4"
+  dps_preset: str = "sr4"
+
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("denoise", "Gaussian denoising (identity operator)", 0.2, "sr4", "sr4"),
+    Task("sr4", "x4 super-resolution, DPS bicubic Resizer", 0.05, "sr4", "sr4"),
+    Task("sr8", "x8 super-resolution, DPS bicubic Resizer", 0.05, "sr4", "sr4"),
+    Task("sr4_avgpool", "x4 super-resolution, average pooling (DDNM)", 0.05, "sr4", "sr4"),
+    Task("gaussian_deblur", "Gaussian blur, 61x61 sigma 3.0 at 256 px, reflect padding",
+         0.05, "gaussian_deblur", "gaussian_deblur"),
+    Task("motion_deblur", "motion blur, 61x61 intensity 0.5 at 256 px, reflect padding",
+         0.05, "motion_deblur", "motion_deblur"),
+    Task("box_inpaint", "inpainting of a 128x128 box (at 256 px) at a random place",
+         0.05, "box_inpaint", "box_inpaint"),
+    Task("random_inpaint", "inpainting of 70% missing random pixels", 0.05, "box_inpaint",
+         "inpaint"),
+    Task("colorize", "colorization (channel mean)", 0.0, "sr4", "sr4"),
+    Task("phase_retrieval", "Fourier phase retrieval, oversampling 2.0", 0.05,
+         "phase_retrieval", "phase_retrieval"),
+]}
+
+
+def task_names() -> list[str]:
+  return sorted(TASKS)
+
+
+def _odd(n: int) -> int:
+  n = max(3, int(round(n)))
+  return n if n % 2 else n + 1
+
+
+def make_operator(name: str, key, in_shape: tuple):
+  """The forward operator of task `name` for images of shape (H, W, C).
+
+  Args:
+    name: a key of `TASKS`.
+    key: `jax.random` key for random parts (motion kernel, mask position).
+    in_shape: (H, W, C).
+  """
+  if name not in TASKS:
+    raise ConfigError(f"unknown task {name!r}; choose from {task_names()}.")
+  H, W, C = in_shape
+  side = min(H, W)
+  if name == "denoise":
+    return Identity(in_shape)
+  if name in ("sr4", "sr8"):
+    return BicubicSR(in_shape, scale=int(name[2:]))
+  if name == "sr4_avgpool":
+    return AvgPoolSR(in_shape, scale=4)
+  if name == "gaussian_deblur":
+    size = _odd(61 * side / 256)
+    return gaussian_blur(in_shape, size=size, sigma=3.0 * size / 61)
+  if name == "motion_deblur":
+    return motion_blur(key, in_shape, size=_odd(61 * side / 256), intensity=0.5)
+  if name == "box_inpaint":
+    box = side // 2
+    margin = (side * 16 // 256,) * 2
+    return Inpaint(in_shape, box_mask(key, in_shape, box=box, margin=margin))
+  if name == "random_inpaint":
+    return Inpaint(in_shape, random_mask(key, in_shape, missing=0.7))
+  if name == "colorize":
+    return Colorization(in_shape)
+  if name == "phase_retrieval":
+    return PhaseRetrieval(in_shape, oversample=2.0)
+  raise AssertionError(name)
+
+

