@@ -11,8 +11,11 @@ __all__ = ["is_concrete", "check_image", "check_finite"]
 
 
 def is_concrete(x) -> bool:
-  """True when `x` holds values (not a tracer inside jit/vmap/grad)."""
-  return not isinstance(x, jax.core.Tracer)
+  """True when `x` holds values: an array or number, not a tracer (jit/vmap/grad)
+  nor a placeholder (`ShapeDtypeStruct`, lowering's argument info)."""
+  if isinstance(x, jax.core.Tracer):
+    return False
+  return isinstance(x, (np.ndarray, jax.Array, np.generic, int, float, complex, list, tuple))
 
 
 def check_finite(x, name: str = "input"):

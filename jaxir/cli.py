@@ -37,16 +37,23 @@ def _parse_value(text: str):
   return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
-def solver_config(solver: str, task_name: str, overrides=()):
-  """The (function, config) of `solver` for a task, with `KEY=VALUE` overrides."""
+def solver_config(solver: str, task_name: str, overrides=(), prior: str | None = None):
+  """The (function, config) of `solver` for a task, with `KEY=VALUE` overrides.
+
+  DCDP uses the preset tuned for `prior` ("<prior>/<preset>" in `DCDP_PRESETS`)
+  when there is one, else the official preset of the task.
+  """
   from jaxir.errors import ConfigError
-  from jaxir.solvers import dcdp, dcdp_preset, dps, dps_preset
+  from jaxir.solvers import DCDP_PRESETS, dcdp, dcdp_preset, dps, dps_preset
   from jaxir.tasks import TASKS
   task = TASKS[task_name]
+  preset = task.dcdp_preset
+  if prior is not None and f"{prior}/{task_name}" in DCDP_PRESETS:
+    preset = f"{prior}/{task_name}"
   if solver == "dcdp":
-    fn, cfg = dcdp.dcdp, dcdp_preset(task.dcdp_preset, sigma_y=task.sigma_y)
+    fn, cfg = dcdp.dcdp, dcdp_preset(preset, sigma_y=task.sigma_y)
   elif solver == "dcdp-tweedie":
-    fn, cfg = dcdp.dcdp, dcdp_preset(task.dcdp_preset, sigma_y=task.sigma_y, tweedie=True)
+    fn, cfg = dcdp.dcdp, dcdp_preset(preset, sigma_y=task.sigma_y, tweedie=True)
   elif solver == "dps":
     fn, cfg = dps.dps, dps_preset(task.dps_preset, sigma_y=task.sigma_y)
   else:
@@ -62,30 +69,6 @@ def solver_config(solver: str, task_name: str, overrides=()):
                         f"{sorted(fields)}.")
     changes[k] = _parse_value(v)
   return fn, dataclasses.replace(cfg, **changes)
-
-
-def _measurement_picture(y, in_shape):
-  """An (H, W, C) picture of a measurement, for the side-by-side figure."""
-  import jax
-  import jax.numpy as jnp
-  H, W, C = in_shape
-  y = jnp.asarray(y)
-  if jnp.iscomplexobj(y) or y.shape[:2] != (H, W) and (y.shape[0] > H or y.shape[1] > W):
-    a = jnp.log1p(jnp.abs(y))  # e.g. Fourier magnitudes: log scale
-    a = 2 * (a - a.min()) / jnp.maximum(a.max() - a.min(), 1e-8) - 1
-    y = jax.image.resize(a, (H, W, a.shape[-1]), "linear")
-  elif y.shape[:2] != (H, W):
-    fh, fw = H // y.shape[0], W // y.shape[1]
-    y = jnp.repeat(jnp.repeat(y, fh, axis=0), fw, axis=1)
-  if y.shape[-1] != C:
-    y = jnp.broadcast_to(y[..., :1], (H, W, C))
-  return jnp.clip(y, -1, 1)
-
-
-def _stack(trees):
-  import jax
-  import jax.numpy as jnp
-  return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
 def _measured_operator(task_name: str, y_shape, args):
@@ -120,15 +103,14 @@ def restore(args) -> dict:
 
   from jaxir import io, metrics
   from jaxir.errors import ConfigError
-  from jaxir.operators import gaussian_noise
   from jaxir.priors import load_prior
-  from jaxir.tasks import TASKS, make_operator
+  from jaxir.tasks import TASKS, simulate, stack_operators
 
   if args.task not in TASKS:
     raise ConfigError(f"unknown task {args.task!r}; run `jaxir tasks` for the list.")
   task = TASKS[args.task]
   sigma_y = task.sigma_y if args.sigma_y is None else args.sigma_y
-  fn, cfg = solver_config(args.solver, args.task, args.set or ())
+  fn, cfg = solver_config(args.solver, args.task, args.set or (), prior=args.prior)
   if hasattr(cfg, "sigma_y"):
     cfg = dataclasses.replace(cfg, sigma_y=sigma_y)
   prior = load_prior(args.prior, args.checkpoint)
@@ -137,7 +119,7 @@ def restore(args) -> dict:
   if args.limit:
     paths = paths[:args.limit]
   size = args.size
-  if size is None and args.prior == "mnist32" and args.checkpoint is None:
+  if size is None and args.prior == "mnist32" and args.checkpoint is None and not args.measured:
     size = 32
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -162,12 +144,11 @@ def restore(args) -> dict:
       xs = None
     else:
       xs = [jnp.asarray(im) for im in imgs]
-      ops = [make_operator(args.task, jax.random.fold_in(k, 1), x.shape) for k, x in zip(keys, xs)]
-      ys = [gaussian_noise(jax.random.fold_in(k, 2), op.A(x), sigma_y) if sigma_y > 0 else op.A(x)
-            for k, op, x in zip(keys, ops, xs)]
+      ops, ys = zip(*[simulate(args.task, jax.random.fold_in(k, 1), x, sigma_y)
+                      for k, x in zip(keys, xs)])
     skeys = jnp.stack([jax.random.fold_in(k, 3) for k in keys])
     t0 = time.perf_counter()
-    x_hat, info = solve(skeys, jnp.stack(ys), _stack(ops), prior, cfg)
+    x_hat, info = solve(skeys, jnp.stack(ys), stack_operators(ops), prior, cfg)
     x_hat = jax.block_until_ready(x_hat)
     t_solve += time.perf_counter() - t0
     if not bool(jnp.all(jnp.isfinite(x_hat))):
@@ -177,7 +158,7 @@ def restore(args) -> dict:
     for j, p in enumerate(batch):
       stem = p.stem
       io.write_image(out / f"{stem}_restored.png", x_hat[j])
-      meas = _measurement_picture(ys[j], ops[j].in_shape)
+      meas = io.measurement_picture(ys[j], ops[j].in_shape)
       io.write_image(out / f"{stem}_measurement.png", meas)
       rec = {"image": str(p), "task": args.task, "solver": args.solver, "prior": args.prior,
              "sigma_y": sigma_y, "nfe": int(np.asarray(info.nfe)[j])}
@@ -241,7 +222,8 @@ def _add_restore_args(ap, demo: bool = False):
   ap.add_argument("--checkpoint", default=None, help="checkpoint file or converted folder")
   ap.add_argument("--sigma-y", type=float, default=None, help="measurement noise (task default)")
   ap.add_argument("--seed", type=int, default=0, help="seed of all random draws")
-  ap.add_argument("--size", type=int, default=None, help="centre-crop and resize to N x N")
+  ap.add_argument("--size", type=int, default=None,
+                  help="centre-crop and resize inputs to N x N (mnist32 default: 32)")
   ap.add_argument("--batch", type=int, default=8, help="images solved together (vmap)")
   ap.add_argument("--limit", type=int, default=None, help="at most this many images")
   ap.add_argument("--set", action="append", metavar="KEY=VALUE",

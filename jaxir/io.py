@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from jaxir.errors import ConfigError, ImageReadError, NaNError, ShapeError
 
 __all__ = ["ImageReadError", "IMAGE_SUFFIXES", "to_unit", "from_unit", "check_size",
-           "read_image", "list_images", "read_folder", "write_image", "side_by_side"]
+           "read_image", "list_images", "read_folder", "write_image", "side_by_side", "measurement_picture"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -276,3 +276,25 @@ def side_by_side(images, labels=None, *, pad: int = 4, label_height: int = 14) -
     canvas = np.asarray(pil)
   return canvas
 
+
+def measurement_picture(y, in_shape):
+  """An (H, W, C) picture in [-1, 1] of a measurement y, for side-by-side figures.
+
+  Image-shaped measurements are shown as they are; smaller ones (super-resolution)
+  are upsampled by pixel repetition; larger or complex ones (Fourier magnitudes)
+  on a normalized log scale; one-channel ones (colorization) as grey.
+  """
+  import jax
+  import jax.numpy as jnp
+  H, W, C = in_shape
+  y = jnp.asarray(y)
+  if jnp.iscomplexobj(y) or y.shape[:2] != (H, W) and (y.shape[0] > H or y.shape[1] > W):
+    a = jnp.log1p(jnp.abs(y))  # e.g. Fourier magnitudes: log scale
+    a = 2 * (a - a.min()) / jnp.maximum(a.max() - a.min(), 1e-8) - 1
+    y = jax.image.resize(a, (H, W, a.shape[-1]), "linear")
+  elif y.shape[:2] != (H, W):
+    fh, fw = H // y.shape[0], W // y.shape[1]
+    y = jnp.repeat(jnp.repeat(y, fh, axis=0), fw, axis=1)
+  if y.shape[-1] != C:
+    y = jnp.broadcast_to(y[..., :1], (H, W, C))
+  return jnp.clip(y, -1, 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
 from jaxir.errors import ConfigError
 from jaxir.operators.blur import gaussian_blur, motion_blur
@@ -21,7 +22,7 @@ from jaxir.operators.inpaint import Inpaint, box_mask, random_mask
 from jaxir.operators.phase_retrieval import PhaseRetrieval
 from jaxir.operators.superres import AvgPoolSR, BicubicSR
 
-__all__ = ["Task", "TASKS", "make_operator", "task_names"]
+__all__ = ["Task", "TASKS", "make_operator", "task_names", "simulate", "stack_operators"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,3 +108,28 @@ def make_operator(name: str, key, in_shape: tuple):
   raise AssertionError(name)
 
 
+
+
+def simulate(name: str, key, x, sigma_y: float | None = None):
+  """The papers' protocol for one clean image: a task operator and its noisy measurement.
+
+  Args:
+    name: a key of `TASKS`.
+    key: `jax.random` key (split for the operator's random parts and the noise).
+    x: clean image (H, W, C) in [-1, 1].
+    sigma_y: Gaussian measurement noise std on the [-1, 1] scale (None: the task's).
+
+  Returns:
+    (operator, y) with y = A(x) + sigma_y * n.
+  """
+  from jaxir.operators.noise import gaussian_noise
+  k_op, k_noise = jax.random.split(key)
+  sigma = TASKS[name].sigma_y if sigma_y is None else sigma_y
+  op = make_operator(name, k_op, tuple(x.shape))
+  y = op.A(x)
+  return op, (gaussian_noise(k_noise, y, sigma) if sigma > 0 else y)
+
+
+def stack_operators(ops):
+  """Stack equal-structure operators into one batched operator (for `jax.vmap`, in_axes 0)."""
+  return jax.tree.map(lambda *a: jnp.stack(a), *ops)

@@ -40,8 +40,9 @@ _PAD_MODES = {"reflect": "reflect", "zeros": "constant", "constant": "constant",
 
 
 def _check_kernel_shape(kernel, what: str):
+  # Leading axes are allowed: a batch of operators (stacked for jax.vmap).
   shape = np.shape(kernel)
-  if len(shape) != 2 or shape[0] != shape[1] or shape[0] % 2 == 0:
+  if len(shape) < 2 or shape[-2] != shape[-1] or shape[-1] % 2 == 0:
     raise KernelError(f"{what} kernel has shape {shape}; expected a square (k, k) "
                       "array with odd k (pad an even kernel with a row and column "
                       "of zeros).")
@@ -110,7 +111,7 @@ class Blur(LinearOperator):
       raise ConfigError(f"Blur padding {self.padding!r} is unknown; use one of "
                         f"{sorted(_PAD_MODES)}.")
     _check_kernel_shape(self.kernel, "Blur")
-    p = np.shape(self.kernel)[0] // 2
+    p = np.shape(self.kernel)[-1] // 2
     h, w, _ = self.in_shape
     if self.padding == "reflect" and p >= min(h, w):
       raise KernelError(f"reflect padding of {p} needs an image larger than "
@@ -120,7 +121,7 @@ class Blur(LinearOperator):
   @property
   def size(self) -> int:
     """Kernel side length k."""
-    return int(np.shape(self.kernel)[0])
+    return int(np.shape(self.kernel)[-1])
 
   def A(self, x):
     """Blur one image: (H, W, C) -> (H, W, C)."""

@@ -1,0 +1,345 @@
+"""U-Net speed benchmark: jaxir's Flax ADM U-Net against the issue's targets and upstream PyTorch.
+
+Two suites:
+
+* FFHQ-256 (default when JAX sees a GPU; `--ffhq` forces it elsewhere): the
+  DPS FFHQ-256 prior's architecture (`NAMED_CONFIGS["ffhq256_dps"]`, 93.6M
+  parameters, random weights) at 256x256. Forward ms per batch and per image
+  at batch 1, 4, 16, 64 in float32 and bfloat16, forward+backward (the vjp of
+  the output's sum w.r.t. x: one DPS step) at batch 1, and the bfloat16 vs
+  float32 relative error. Compared with the issue's upstream PyTorch numbers
+  on one H100 (26.5 ms at batch 1, 73.0 ms at 16, 281.7 ms at 64, fwd+bwd
+  49.3 ms at 1) and judged against its targets (bfloat16: <= 10 ms at batch 1,
+  <= 1.5 ms/image at batch 64) only when the device is an H100.
+* CPU comparison (default on CPU; `--cpu-compare` adds it on GPU): a 64x64 ADM
+  (64 channels, mult 1,2,2,2, 2 res blocks, attention at 16 and 8, 11.1M
+  parameters) with the SAME weights in Flax (jit) and in guided-diffusion's
+  PyTorch `UNetModel` (eager float32, `torch.inference_mode`), forward at
+  batch 1 and 8; prints both times, torch/flax (> 1: jaxir faster), the max
+  abs difference of the outputs and the target "Flax at least as fast as
+  PyTorch at batch 1 and 8". torch uses as many threads as JAX's CPU client
+  (all cores this process may use) unless `--threads` is given.
+
+Times exclude compilation (reported separately), follow warm-up runs and
+`block_until_ready`, and are medians over `--repeats` runs. XLA_FLAGS is
+printed in the header so runs with flags are labelled.
+
+Run on a GPU machine (with a CUDA build of jax installed):
+
+  python experiments/bench_unet.py --json runs/bench/unet_h100.json
+  XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true python experiments/bench_unet.py
+
+On CPU (the comparison with PyTorch needs torch and guided-diffusion-sdk):
+
+  python experiments/bench_unet.py                 # batch 1 and 8, 10 repeats
+  python experiments/bench_unet.py --quick         # smoke run
+  python experiments/bench_unet.py --ffhq --size 64 --batches 1 --quick   # FFHQ path, small
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from _bench import (cpu_cores, environment, fill_zero_leaves, header_lines, is_h100,
+                    markdown_table, time_callable, time_jax, verdict, write_json)
+
+# Issue's upstream reference: guided-diffusion UNetModel, FFHQ-256 DPS config,
+# eager PyTorch float32/TF32 on one H100 (ms per batch).
+H100_UPSTREAM_FWD_MS = {1: 26.5, 16: 73.0, 64: 281.7}
+H100_UPSTREAM_FWD_BWD_MS = {1: 49.3}
+TARGET_BF16_B1_MS = 10.0
+TARGET_BF16_B64_MS_PER_IMAGE = 1.5
+
+# The CPU comparison model (NOTES.md: 11.1M parameters, 13.6 GFLOP per 64x64 image).
+CPU64_UPSTREAM = dict(
+    image_size=64, num_channels=64, num_res_blocks=2, channel_mult="1,2,2,2",
+    learn_sigma=True, class_cond=False, use_checkpoint=False, attention_resolutions="16,8",
+    num_heads=4, num_head_channels=64, num_heads_upsample=-1, use_scale_shift_norm=True,
+    dropout=0.0, resblock_updown=True, use_fp16=False, use_new_attention_order=False)
+
+
+def _ints(s: str) -> list[int]:
+  return [int(v) for v in s.split(",") if v.strip()]
+
+
+def _parse(argv):
+  ap = argparse.ArgumentParser(
+      description=__doc__.split("\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="Default suites: FFHQ-256 on GPU, the PyTorch comparison on CPU.")
+  ap.add_argument("--quick", action="store_true",
+                  help="smoke run: 2 repeats, FFHQ batches 1,4, CPU batches 1,2 (explicit "
+                       "--repeats/--batches/--cpu-batches still win)")
+  ap.add_argument("--ffhq", action="store_true",
+                  help="run the FFHQ-256 suite even on CPU (then the CPU comparison runs only "
+                       "with --cpu-compare)")
+  ap.add_argument("--cpu-compare", action="store_true",
+                  help="run the Flax-vs-PyTorch CPU suite also when a GPU is present or --ffhq "
+                       "is given")
+  ap.add_argument("--batches", type=_ints, default=None,
+                  help="FFHQ forward batch sizes, comma-separated (default 1,4,16,64)")
+  ap.add_argument("--fwd-bwd-batches", type=_ints, default=[1],
+                  help="FFHQ forward+backward batch sizes (default 1)")
+  ap.add_argument("--dtypes", default="float32,bfloat16",
+                  help="FFHQ compute dtypes (default float32,bfloat16)")
+  ap.add_argument("--size", type=int, default=256,
+                  help="FFHQ input side in pixels, a multiple of 32 (default 256; smaller "
+                       "only for smoke runs, the targets are then not judged)")
+  ap.add_argument("--cpu-batches", type=_ints, default=None,
+                  help="CPU-comparison batch sizes (default 1,8)")
+  ap.add_argument("--threads", type=int, default=None,
+                  help="torch CPU threads (default: the cores this process may use, as JAX)")
+  ap.add_argument("--repeats", type=int, default=None, help="timed runs per point (default 10)")
+  ap.add_argument("--warmup", type=int, default=2, help="untimed runs after compiling (default 2)")
+  ap.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
+  ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+  args = ap.parse_args(argv)
+  if args.repeats is None:
+    args.repeats = 2 if args.quick else 10
+  if args.quick:
+    args.warmup = min(args.warmup, 1)
+  if args.batches is None:
+    args.batches = [1, 4] if args.quick else [1, 4, 16, 64]
+  if args.cpu_batches is None:
+    args.cpu_batches = [1, 2] if args.quick else [1, 8]
+  if args.size % 32:
+    ap.error(f"--size {args.size} must be a multiple of 32 (the FFHQ U-Net has 6 levels)")
+  return args
+
+
+def _rel_errors(a, b) -> dict:
+  """Relative max and RMS error of a against the reference b."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  d = a - b
+  return {"rel_max": float(np.max(np.abs(d)) / max(np.max(np.abs(b)), 1e-30)),
+          "rel_rms": float(np.sqrt(np.mean(d * d)) / max(np.sqrt(np.mean(b * b)), 1e-30))}
+
+
+def _init(model, size, key):
+  import jax
+  import jax.numpy as jnp
+  k_init, k_fill = jax.random.split(key)
+  x = jnp.zeros((1, size, size, model.config.in_channels), jnp.float32)
+  params = model.init(k_init, x, jnp.zeros((1,), jnp.int32))
+  return fill_zero_leaves(params, k_fill)
+
+
+def _inputs(key, batch, size, channels):
+  import jax
+  import jax.numpy as jnp
+  kx, kt = jax.random.split(jax.random.fold_in(key, batch))
+  x = jax.random.normal(kx, (batch, size, size, channels), jnp.float32)
+  t = jax.random.randint(kt, (batch,), 0, 1000, jnp.int32)
+  return x, t
+
+
+def ffhq_suite(args, env) -> dict:
+  """Forward (and forward+backward) timings of the FFHQ-256 config; returns the results."""
+  import jax
+  import jax.numpy as jnp
+
+  from jaxir.models.adm import ADMUNet, adm_config
+  from jaxir.models.configs import NAMED_CONFIGS
+
+  cfg = adm_config(**dict(NAMED_CONFIGS["ffhq256_dps"].upstream))
+  size, kind = args.size, env["device_kind"]
+  key = jax.random.key(args.seed)
+  params = _init(ADMUNet(cfg), size, key)
+  nparams = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+  dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+  fwd_rows, fb_rows, outs = [], [], {}
+
+  for dname in dtypes:
+    model = ADMUNet(cfg, dtype=jnp.dtype(dname))
+
+    def fwd(p, x, t, model=model):
+      return model.apply(p, x, t)
+
+    def fwd_bwd(p, x, t, model=model):
+      out, vjp = jax.vjp(lambda x: model.apply(p, x, t), x)
+      (g,) = vjp(jnp.ones_like(out))
+      return out, g
+
+    for b in args.batches:
+      x, t = _inputs(key, b, size, cfg.in_channels)
+      tm, out = time_jax(fwd, params, x, t, repeats=args.repeats, warmup=args.warmup)
+      if b == 1:
+        outs[dname] = np.asarray(out)
+      del out
+      fwd_rows.append({"dtype": dname, "batch": b, "ms_per_batch": 1e3 * tm.median,
+                       "ms_per_image": 1e3 * tm.median / b, "compile_s": tm.compile_s,
+                       "timing": tm.to_dict()})
+      print(f"  fwd {dname} batch {b}: {1e3 * tm.median:.2f} ms", file=sys.stderr, flush=True)
+    for b in args.fwd_bwd_batches:
+      x, t = _inputs(key, b, size, cfg.in_channels)
+      tm, _ = time_jax(fwd_bwd, params, x, t, repeats=args.repeats, warmup=args.warmup)
+      fb_rows.append({"dtype": dname, "batch": b, "ms_per_batch": 1e3 * tm.median,
+                      "ms_per_image": 1e3 * tm.median / b, "compile_s": tm.compile_s,
+                      "timing": tm.to_dict()})
+      print(f"  fwd+bwd {dname} batch {b}: {1e3 * tm.median:.2f} ms", file=sys.stderr,
+            flush=True)
+
+  err = None
+  if "bfloat16" in outs and "float32" in outs:
+    c = cfg.in_channels
+    err = {"all": _rel_errors(outs["bfloat16"], outs["float32"]),
+           "eps": _rel_errors(outs["bfloat16"][..., :c], outs["float32"][..., :c])}
+  full = size == 256
+  judged = is_h100(kind) and full
+
+  def ref_cols(ref, r):
+    if not full or r["batch"] not in ref:
+      return ["-", "-"]
+    return [f"{ref[r['batch']]:.1f}", f"{ref[r['batch']] / r['ms_per_batch']:.2f}x"]
+
+  lines = [f"## FFHQ-256 ADM U-Net (ffhq256_dps config, {nparams / 1e6:.1f}M params, random "
+           f"weights), input {size}x{size}", ""]
+  lines += header_lines(env) + [f"- repeats {args.repeats} (median), warm-up {args.warmup}", ""]
+  head = ["pass", "dtype", "batch", "ms / batch", "ms / image", "compile s",
+          "upstream H100 ms / batch", "speed-up vs upstream H100"]
+  rows = []
+  for r in fwd_rows:
+    rows.append(["fwd", r["dtype"], r["batch"], f"{r['ms_per_batch']:.2f}",
+                 f"{r['ms_per_image']:.3f}", f"{r['compile_s']:.1f}"]
+                + ref_cols(H100_UPSTREAM_FWD_MS, r))
+  for r in fb_rows:
+    rows.append(["fwd+bwd", r["dtype"], r["batch"], f"{r['ms_per_batch']:.2f}",
+                 f"{r['ms_per_image']:.3f}", f"{r['compile_s']:.1f}"]
+                + ref_cols(H100_UPSTREAM_FWD_BWD_MS, r))
+  lines.append(markdown_table(head, rows))
+  lines.append("")
+  if err is not None:
+    lines.append(f"bfloat16 vs float32 output at batch 1 (random weights): eps channels: "
+                 f"relative max error {err['eps']['rel_max']:.2e}, relative RMS error "
+                 f"{err['eps']['rel_rms']:.2e}; all {cfg.out_channels} channels: "
+                 f"{err['all']['rel_max']:.2e} / {err['all']['rel_rms']:.2e}")
+    lines.append("")
+
+  def find(dname, b):
+    for r in fwd_rows:
+      if r["dtype"] == dname and r["batch"] == b:
+        return r
+    return None
+
+  b1, b64 = find("bfloat16", 1), find("bfloat16", 64)
+  note = kind if full else f"{kind} at {size}x{size}"
+  targets = [
+      ("bfloat16 forward, batch 1", f"<= {TARGET_BF16_B1_MS:g} ms",
+       f"{b1['ms_per_batch']:.2f} ms" if b1 else "-",
+       verdict(None if b1 is None else b1["ms_per_batch"] <= TARGET_BF16_B1_MS, judged, note)),
+      ("bfloat16 forward, batch 64", f"<= {TARGET_BF16_B64_MS_PER_IMAGE:g} ms / image",
+       f"{b64['ms_per_image']:.3f} ms / image" if b64 else "-",
+       verdict(None if b64 is None else b64["ms_per_image"] <= TARGET_BF16_B64_MS_PER_IMAGE,
+               judged, note)),
+  ]
+  lines.append(markdown_table(["target (H100)", "goal", "measured", "verdict"], targets))
+  print("\n".join(lines), flush=True)
+  return {"config": dict(NAMED_CONFIGS["ffhq256_dps"].upstream), "size": size,
+          "num_params": nparams, "forward": fwd_rows, "forward_backward": fb_rows,
+          "bf16_vs_fp32": err, "targets_judged": judged,
+          "targets": [dict(zip(["target", "goal", "measured", "verdict"], t)) for t in targets]}
+
+
+def cpu_compare_suite(args) -> dict:
+  """Flax vs PyTorch forward on CPU with identical weights; returns the results."""
+  import warnings
+
+  import jax
+  import torch
+  with warnings.catch_warnings():  # guided-diffusion's torch.cuda.amp decorators
+    warnings.simplefilter("ignore", FutureWarning)
+    from guided_diffusion.script_util import create_model
+
+  from jaxir.models.adm import ADMUNet, adm_config
+  from jaxir.models.convert import adm_state_dict_from_params
+
+  cpu = jax.devices("cpu")[0]
+  env = environment(cpu)
+  threads = args.threads or cpu_cores()
+  torch.set_num_threads(threads)
+  cfg = adm_config(**CPU64_UPSTREAM)
+  size = CPU64_UPSTREAM["image_size"]
+  with jax.default_device(cpu):
+    key = jax.random.key(args.seed)
+    params = _init(ADMUNet(cfg), size, key)
+    model = ADMUNet(cfg)
+    sd = adm_state_dict_from_params(params, cfg)
+    tmodel = create_model(**CPU64_UPSTREAM)
+    tmodel.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()},
+                           strict=True)
+    tmodel.eval()
+    nparams = sum(p.numel() for p in tmodel.parameters())
+
+    def fwd(p, x, t):
+      return model.apply(p, x, t)
+
+    rows = []
+    for b in args.cpu_batches:
+      x, t = _inputs(key, b, size, cfg.in_channels)
+      tj, out_j = time_jax(fwd, params, x, t, repeats=args.repeats, warmup=args.warmup)
+      xt = torch.from_numpy(np.array(np.transpose(np.asarray(x), (0, 3, 1, 2))))
+      tt = torch.from_numpy(np.asarray(t).astype(np.int64))
+
+      def run_torch():
+        with torch.inference_mode():
+          return tmodel(xt, tt)
+
+      tt_, out_t = time_callable(run_torch, repeats=args.repeats, warmup=args.warmup)
+      out_t = np.transpose(out_t.numpy(), (0, 2, 3, 1))
+      out_j = np.asarray(out_j)
+      diff = float(np.max(np.abs(out_j - out_t)))
+      rows.append({"batch": b, "flax_ms": 1e3 * tj.median, "torch_ms": 1e3 * tt_.median,
+                   "torch_over_flax": tt_.median / tj.median, "max_abs_diff": diff,
+                   "max_abs_output": float(np.max(np.abs(out_t))), "compile_s": tj.compile_s,
+                   "flax_timing": tj.to_dict(), "torch_timing": tt_.to_dict()})
+      print(f"  cpu batch {b}: flax {1e3 * tj.median:.1f} ms, torch {1e3 * tt_.median:.1f} ms",
+            file=sys.stderr, flush=True)
+
+  lines = [f"## CPU: Flax (jaxir) vs PyTorch (guided-diffusion), 64x64 ADM "
+           f"({nparams / 1e6:.1f}M params, same random weights)", ""]
+  lines += header_lines(env)
+  lines += [f"- torch {torch.__version__}, {torch.get_num_threads()} threads, eager float32, "
+            "inference_mode; JAX CPU client uses all cores of the process",
+            f"- repeats {args.repeats} (median), warm-up {args.warmup}", ""]
+  head = ["batch", "flax ms", "torch ms", "torch / flax", "flax ms / image", "compile s",
+          "max abs diff", "max abs output"]
+  lines.append(markdown_table(head, [
+      [r["batch"], f"{r['flax_ms']:.1f}", f"{r['torch_ms']:.1f}", f"{r['torch_over_flax']:.2f}",
+       f"{r['flax_ms'] / r['batch']:.1f}", f"{r['compile_s']:.1f}", f"{r['max_abs_diff']:.1e}",
+       f"{r['max_abs_output']:.2f}"] for r in rows]))
+  ok = all(r["torch_over_flax"] >= 1.0 for r in rows) if rows else None
+  batches = ",".join(str(r["batch"]) for r in rows)
+  lines += ["", markdown_table(["target", "measured batches", "verdict"], [
+      ["Flax at least as fast as PyTorch at batch 1 and 8 (torch / flax >= 1)", batches,
+       verdict(ok, True, env["device_kind"])]])]
+  if sorted(r["batch"] for r in rows) != [1, 8]:
+    lines.append("\n(batches differ from 1 and 8: verdict covers the measured batches only)")
+  print("\n".join(lines), flush=True)
+  return {"env": env, "config": CPU64_UPSTREAM, "num_params": nparams, "torch_threads": threads,
+          "torch": torch.__version__, "rows": rows, "verdict": verdict(ok, True, "cpu")}
+
+
+def main(argv=None) -> int:
+  args = _parse(argv)
+  import jax
+  env = environment()
+  on_gpu = jax.default_backend() != "cpu"
+  run_ffhq = on_gpu or args.ffhq
+  run_cpu = args.cpu_compare or not (on_gpu or args.ffhq)
+  results = {"args": vars(args), "env": env}
+  print(f"# jaxir U-Net benchmark ({env['device_kind']})\n", flush=True)
+  if run_ffhq:
+    results["ffhq"] = ffhq_suite(args, env)
+    print(flush=True)
+  if run_cpu:
+    results["cpu_compare"] = cpu_compare_suite(args)
+  if args.json:
+    write_json(args.json, results)
+    print(f"\nwrote {args.json}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
