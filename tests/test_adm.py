@@ -14,8 +14,9 @@ from jaxir.diffusion import ddim_sample
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.models import ADMConfig, ADMUNet, adm_config, from_torch
 from jaxir.models.convert import adm_params_from_state_dict, count_params
+from fixtures_path import FIXTURES
 
-FIX = "/work/shared/fixtures/adm/"
+FIX = f"{FIXTURES}/adm/"
 
 
 def rel_max_err(a, b):

@@ -11,6 +11,7 @@ import safetensors.torch
 import torch
 from guided_diffusion.script_util import create_model
 
+from fixtures_path import FIXTURES
 import jaxir.models as models
 from jaxir.errors import CheckpointError, ConfigError
 from jaxir.models import ADMUNet, read_state_dict
@@ -18,7 +19,7 @@ from jaxir.models.convert import (adm_params_from_state_dict, adm_state_dict_fro
                                   adm_state_dict_shapes, check_state_dict_shapes, from_torch,
                                   load_converted, main, to_torch)
 
-FIX = "/work/shared/fixtures/adm/"
+FIX = f"{FIXTURES}/adm/"
 PT_A = FIX + "adm_tiny_a.pt"
 
 
@@ -203,7 +204,7 @@ def test_load_names_and_shipped_hook():
 
 
 def test_ddpm_dispatch_round_trip(tmp_path):
-  ddpm_fix = "/work/shared/fixtures/ddpm/"
+  ddpm_fix = f"{FIXTURES}/ddpm/"
   with open(ddpm_fix + "ddpm_tiny_a.json") as f:
     fields = json.load(f)
   pt = ddpm_fix + "ddpm_tiny_a.pt"

@@ -1,7 +1,7 @@
 """DCDP against the official code's recorded phases and against closed forms.
 
 References used here, none of them the code under test:
-  * `/work/shared/fixtures/dcdp/dcdp_sr4_{ddim,tweedie}.npz`: the official DCDP
+  * `../shared/fixtures/dcdp/dcdp_sr4_{ddim,tweedie}.npz`: the official DCDP
     code run phase by phase with the upstream `adm_tiny_a` U-Net;
   * the schedule, NFE count and presets stated in the DCDP issue / official configs;
   * a numpy float64 DDIM loop over guided-diffusion's `space_timesteps` and betas;
@@ -19,6 +19,7 @@ import pytest
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion.respace import space_timesteps as gd_space_timesteps
 
+from fixtures_path import FIXTURES
 from jaxir.diffusion import get_schedule, q_sample
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.base import Operator
@@ -31,7 +32,7 @@ from jaxir.solvers.dcdp import (DCDP_PRESETS, DCDPConfig, data_consistency, dcdp
                                 dcdp_nfe, dcdp_preset, dcdp_schedule, effective_step,
                                 purification_table, purify, purify_row, rescale_lr)
 
-FIX = "/work/shared/fixtures"
+FIX = str(FIXTURES)
 H = 8
 
 

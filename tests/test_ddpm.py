@@ -12,8 +12,9 @@ import torch
 from jaxir.diffusion import ddim_sample
 from jaxir.errors import CheckpointError, ConfigError, ShapeError
 from jaxir.models import ddpm as D
+from fixtures_path import FIXTURES
 
-FIX = "/work/shared/fixtures/ddpm/"
+FIX = f"{FIXTURES}/ddpm/"
 
 
 def rel_err(a, b):

@@ -1,7 +1,7 @@
 """DPS against the official sampler's recorded run and guided-diffusion's tables.
 
 References used here, none of them the code under test:
-  * `/work/shared/fixtures/dps/dps_sr4.npz`: the official DPS 'ps' sampler run
+  * `../shared/fixtures/dps/dps_sr4.npz`: the official DPS 'ps' sampler run
     step by step with the upstream `adm_tiny_a` U-Net and recorded noise draws;
   * guided-diffusion's `SpacedDiffusion` (float64 tables, `p_mean_variance`)
     with a toy model written in torch.
@@ -17,6 +17,7 @@ import torch
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 
+from fixtures_path import FIXTURES
 from jaxir.diffusion import get_schedule
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.inpaint import Inpaint
@@ -26,7 +27,7 @@ from jaxir.priors.analytic import gaussian_prior
 from jaxir.solvers.dps import (DPS_PRESETS, DPSConfig, dps, dps_sample, dps_step,
                                dps_tables)
 
-FIX = "/work/shared/fixtures"
+FIX = str(FIXTURES)
 H = 8
 
 

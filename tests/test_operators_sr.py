@@ -1,6 +1,6 @@
 """Super-resolution, inpainting, colorization and identity operators.
 
-References: DPS fixtures (`/work/shared/fixtures/operators/dps_operators.npz`),
+References: DPS fixtures (`../shared/fixtures/operators/dps_operators.npz`),
 dense matrices of each operator checked with numpy's SVD / pinv, torch's
 antialiased bicubic `interpolate`, numpy reshape-means.
 """
@@ -17,8 +17,9 @@ from jaxir.operators.color import DDRM_GRAY_WEIGHTS, Colorization
 from jaxir.operators.denoise import Identity
 from jaxir.operators.inpaint import Inpaint, box_mask, random_mask
 from jaxir.operators.superres import AvgPoolSR, BicubicSR
+from fixtures_path import FIXTURES
 
-FIXTURES = "/work/shared/fixtures/operators/dps_operators.npz"
+FIXTURE_FILE = f"{FIXTURES}/operators/dps_operators.npz"
 # rbg keys: the generators and adjoint_error take any key; threefry's CPU compile
 # costs seconds per shape, which dominated this file's runtime.
 KEY = jax.random.key(0, impl="rbg")
@@ -164,7 +165,7 @@ def test_vmap_equals_loop_and_jit_equals_eager(probe):
 @pytest.mark.parametrize("xkey,ykey,scale", [("x256", "sr4_256", 4), ("x256", "sr8_256", 8),
                                              ("x64", "sr4_64", 4)])
 def test_bicubic_matches_dps_fixture(xkey, ykey, scale):
-  d = np.load(FIXTURES)
+  d = np.load(FIXTURE_FILE)
   x = d[xkey].transpose(0, 2, 3, 1)
   want = d[ykey].transpose(0, 2, 3, 1)
   op = BicubicSR(x.shape[1:], scale)
