@@ -14,7 +14,7 @@ from jaxir.diffusion import ddim_sample
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.models import ADMConfig, ADMUNet, adm_config, from_torch
 from jaxir.models.convert import adm_params_from_state_dict, count_params
-from fixtures_path import FIXTURES
+from references import FIXTURES
 
 FIX = f"{FIXTURES}/adm/"
 

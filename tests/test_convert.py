@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 from guided_diffusion.script_util import create_model
 
-from fixtures_path import FIXTURES
+from references import FIXTURES
 import jaxir.models as models
 from jaxir.errors import CheckpointError, ConfigError
 from jaxir.models import ADMUNet, read_state_dict

@@ -19,7 +19,7 @@ import pytest
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion.respace import space_timesteps as gd_space_timesteps
 
-from fixtures_path import FIXTURES
+from references import FIXTURES, nhwc, rel_err
 from jaxir.diffusion import get_schedule, q_sample
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.base import Operator
@@ -34,15 +34,6 @@ from jaxir.solvers.dcdp import (DCDP_PRESETS, DCDPConfig, data_consistency, dcdp
 
 FIX = str(FIXTURES)
 H = 8
-
-
-def nhwc(a):
-  return np.moveaxis(np.asarray(a), -3, -1)
-
-
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,9 @@ import torch
 from jaxir.diffusion import ddim_sample
 from jaxir.errors import CheckpointError, ConfigError, ShapeError
 from jaxir.models import ddpm as D
-from fixtures_path import FIXTURES
+from references import FIXTURES, rel_err
 
 FIX = f"{FIXTURES}/ddpm/"
-
-
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
 
 
 def nhwc(a):

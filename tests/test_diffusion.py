@@ -8,13 +8,9 @@ from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion.respace import SpacedDiffusion
 from guided_diffusion.respace import space_timesteps as gd_space_timesteps
 
+from references import rel_err
 import jaxir.diffusion as D
 from jaxir.errors import ConfigError
-
-
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])

@@ -17,7 +17,7 @@ import torch
 from guided_diffusion import gaussian_diffusion as gd
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 
-from fixtures_path import FIXTURES
+from references import FIXTURES, nhwc, rel_err
 from jaxir.diffusion import get_schedule
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.inpaint import Inpaint
@@ -29,15 +29,6 @@ from jaxir.solvers.dps import (DPS_PRESETS, DPSConfig, dps, dps_sample, dps_step
 
 FIX = str(FIXTURES)
 H = 8
-
-
-def nhwc(a):
-  return np.moveaxis(np.asarray(a), -3, -1)
-
-
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
 
 
 def _upstream(n_steps, var_type):

@@ -18,7 +18,7 @@ from jaxir.operators.kernels import (gaussian_kernel, kernel_from_logits,
                                      validate_kernel)
 from jaxir.operators.noise import gaussian_noise, poisson_noise
 from jaxir.operators.phase_retrieval import PhaseRetrieval
-from fixtures_path import FIXTURES
+from references import FIXTURES
 
 FIX = f"{FIXTURES}/operators/dps_operators.npz"
 SHAPE = (32, 24, 3)  # non-square, to catch H/W mix-ups

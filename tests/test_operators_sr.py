@@ -17,7 +17,7 @@ from jaxir.operators.color import DDRM_GRAY_WEIGHTS, Colorization
 from jaxir.operators.denoise import Identity
 from jaxir.operators.inpaint import Inpaint, box_mask, random_mask
 from jaxir.operators.superres import AvgPoolSR, BicubicSR
-from fixtures_path import FIXTURES
+from references import FIXTURES
 
 FIXTURE_FILE = f"{FIXTURES}/operators/dps_operators.npz"
 # rbg keys: the generators and adjoint_error take any key; threefry's CPU compile

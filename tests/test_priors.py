@@ -18,6 +18,7 @@ from guided_diffusion import gaussian_diffusion as gd
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import multivariate_normal
 
+from references import rel_err
 import jaxir.diffusion as D
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.base import LinearOperator
@@ -27,11 +28,6 @@ from jaxir.priors.posterior import (gaussian_posterior, gmm_posterior, gmm_poste
                                     operator_matrix, sample_mixture)
 
 T_CHECK = np.array([0, 3, 50, 250, 500, 750, 999])
-
-
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
 
 
 def random_cov(rng, n, lo=0.01, hi=1.0, rank=None):

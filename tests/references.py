@@ -1,4 +1,4 @@
-"""Where the upstream reference fixtures live: `../shared/fixtures` beside the clone.
+"""Upstream reference fixtures (`../shared/fixtures` beside the clone) and comparison helpers.
 
 CI checks the repository out with `shared/` next to it; `JAXIR_FIXTURES`
 overrides the location.
@@ -6,8 +6,21 @@ overrides the location.
 import os
 from pathlib import Path
 
+import numpy as np
+
 FIXTURES = Path(os.environ.get("JAXIR_FIXTURES")
                 or Path(__file__).resolve().parents[2] / "shared" / "fixtures")
 if not FIXTURES.is_dir():
   raise FileNotFoundError(f"reference fixtures not found at {FIXTURES}: check out the shared "
                           "folder beside the repository or set JAXIR_FIXTURES.")
+
+
+def nhwc(a):
+  """NCHW fixture arrays (..., C, H, W) -> NHWC (..., H, W, C)."""
+  return np.moveaxis(np.asarray(a), -3, -1)
+
+
+def rel_err(a, b):
+  """max |a - b| / max |b|, in float64."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
