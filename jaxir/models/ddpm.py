@@ -291,35 +291,22 @@ class Upsample(nn.Module):
 class DDPMUNet(nn.Module):
   """ermongroup DDIM `Model`: eps(x_t, t) for NHWC images.
 
-  Fields are those of `DDPMConfig` (build with `DDPMUNet.from_config`) plus
-  `dtype`, the compute dtype of convolutions, dense layers and attention
-  products (e.g. bfloat16); parameters, GroupNorm and softmax stay float32 and
-  the output is float32.
+  Fields: `config` (a `DDPMConfig`) and `dtype`, the compute dtype of
+  convolutions, dense layers and attention products (e.g. bfloat16);
+  parameters, GroupNorm and softmax stay float32 and the output is float32.
 
   Call: `model.apply(variables, x, t, deterministic=True)` with x (N, H, W,
   in_channels) float32 (H, W divisible by 2**(len(ch_mult)-1)) and t (N,) or
   scalar integer timesteps; returns (N, H, W, out_ch) float32. Dropout
   (deterministic=False) needs a 'dropout' rng.
   """
-  ch: int = 128
-  out_ch: int = 3
-  ch_mult: tuple = (1, 1, 2, 2, 4, 4)
-  num_res_blocks: int = 2
-  attn_resolutions: tuple = (16,)
-  in_channels: int = 3
-  resamp_with_conv: bool = True
-  resolution: int = 256
-  dropout: float = 0.0
+  config: DDPMConfig = DDPMConfig()
   dtype: Any = jnp.float32
 
   @classmethod
   def from_config(cls, config: DDPMConfig, dtype=jnp.float32) -> "DDPMUNet":
     """The network of a `DDPMConfig`."""
-    return cls(**dataclasses.asdict(config), dtype=dtype)
-
-  @property
-  def config(self) -> DDPMConfig:
-    return DDPMConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DDPMConfig)})
+    return cls(config, dtype=dtype)
 
   @nn.compact
   def __call__(self, x, t, deterministic: bool = True):
