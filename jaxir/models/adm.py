@@ -30,8 +30,9 @@ import jax.numpy as jnp
 
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.models.conv import conv_general_dilated
+from jaxir.models.norm import GroupNorm
 
-__all__ = ["ADMConfig", "adm_config", "ADMUNet", "timestep_embedding", "GroupNorm32",
+__all__ = ["ADMConfig", "adm_config", "ADMUNet", "timestep_embedding",
            "ResBlock", "AttentionBlock", "Upsample", "Downsample", "NUM_CLASSES"]
 
 NUM_CLASSES = 1000  # guided-diffusion's class count for class_cond models (ImageNet).
@@ -99,7 +100,7 @@ class ADMConfig:
     widths = {int(m * self.model_channels) for m in self.channel_mult}
     bad = sorted(w for w in widths if w <= 0 or w % 32)
     if bad:
-      raise ConfigError(f"level widths {bad} are not positive multiples of 32 (GroupNorm32 "
+      raise ConfigError(f"level widths {bad} are not positive multiples of 32 (GroupNorm "
                         "uses 32 groups); change model_channels or channel_mult.")
     if self.num_head_channels != -1:
       att = {int(m * self.model_channels) for m in self.channel_mult}
@@ -192,29 +193,6 @@ def _avg_pool2(x):
   return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4), dtype=jnp.float32).astype(x.dtype)
 
 
-class GroupNorm32(nn.Module):
-  """GroupNorm(32, C, eps=1e-5) over the channel (last) axis, computed in float32.
-
-  Statistics are taken over all non-batch axes within each group (biased
-  variance); the result is cast back to the input dtype, as upstream's
-  `GroupNorm32` does.
-  """
-  num_groups: int = 32
-  epsilon: float = 1e-5
-
-  @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    h = x.astype(jnp.float32)
-    g = h.reshape(h.shape[0], -1, self.num_groups, c // self.num_groups)
-    mean = g.mean(axis=(1, 3), keepdims=True)
-    var = jnp.square(g - mean).mean(axis=(1, 3), keepdims=True)
-    g = (g - mean) * jax.lax.rsqrt(var + self.epsilon)
-    return (g.reshape(h.shape) * scale + bias).astype(x.dtype)
-
-
 class Upsample(nn.Module):
   """Nearest x2 upsampling, then a 3x3 conv (`conv`) when `use_conv`."""
   channels: int
@@ -251,7 +229,7 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, emb):
     oc = self.out_channels
-    h = nn.silu(GroupNorm32(name="in_layers_0")(x))
+    h = nn.silu(GroupNorm(name="in_layers_0")(x))
     if self.up:
       h, x = _upsample_nearest(h), _upsample_nearest(x)
     elif self.down:
@@ -261,9 +239,9 @@ class ResBlock(nn.Module):
     e = e.astype(h.dtype)[:, None, None, :]
     if self.use_scale_shift_norm:
       scale, shift = jnp.split(e, 2, axis=-1)
-      h = GroupNorm32(name="out_layers_0")(h) * (1 + scale) + shift
+      h = GroupNorm(name="out_layers_0")(h) * (1 + scale) + shift
     else:
-      h = GroupNorm32(name="out_layers_0")(h + e)
+      h = GroupNorm(name="out_layers_0")(h + e)
     h = _conv(oc, self.dtype, "out_layers_3")(nn.silu(h))
     skip = x if x.shape[-1] == oc else _conv(oc, self.dtype, "skip_connection", kernel=1)(x)
     return skip + h
@@ -288,7 +266,7 @@ class AttentionBlock(nn.Module):
     ch = c // heads
     h = x.reshape(n, hh * ww, c)
     qkv = nn.Conv(3 * c, (1,), dtype=self.dtype, param_dtype=jnp.float32, name="qkv")(
-        GroupNorm32(name="norm")(h))
+        GroupNorm(name="norm")(h))
     if self.use_new_attention_order:
       qkv = qkv.reshape(n, hh * ww, 3, heads, ch)
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -408,5 +386,5 @@ class ADMUNet(nn.Module):
         idx += 1
 
     h = h.astype(jnp.float32)
-    h = nn.silu(GroupNorm32(name="out_0")(h))
+    h = nn.silu(GroupNorm(name="out_0")(h))
     return _conv(cfg.out_channels, jnp.float32, "out_2")(h)

@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxir.errors import CheckpointError, ConfigError, ShapeError
 from jaxir.models.conv import conv_general_dilated
+from jaxir.models.norm import GroupNorm
 
 __all__ = ["DDPMConfig", "ddpm_config", "ddpm_config_from_diffusers", "ddpm_config_to_diffusers",
            "DDPMUNet", "ddpm_timestep_embedding", "ddpm_state_dict_shapes", "ddpm_key_naming",
@@ -216,8 +217,7 @@ def ddpm_timestep_embedding(t, dim: int):
 
 
 def _norm(name):
-  return nn.GroupNorm(num_groups=_GROUPS, epsilon=_NORM_EPS, dtype=jnp.float32,
-                      use_fast_variance=False, name=name)
+  return GroupNorm(num_groups=_GROUPS, epsilon=_NORM_EPS, name=name)
 
 
 def _conv(features, kernel, dtype, name, stride=1, padding="SAME"):
