@@ -2,13 +2,18 @@
 
   python experiments/tune_dcdp.py --prior mnist32 --count 8
 
-For each task, a small grid over the effective data-consistency step (the
-official preset's lr times a factor) and the first purification time T0 is run
-with the Tweedie variant (cheap: K NFEs) on `--count` training images; the
-setting with the best mean PSNR is printed, with a line to paste into
+For each task, a grid over DCDP settings is run with the Tweedie variant
+(cheap: K NFEs) on `--count` training images, with the task's measurement
+noise (`jaxir.tasks.TASKS`, or `--sigma-y`). By default the grid is the
+effective data-consistency step (the official preset's lr times a factor) and
+the first purification time T0; `--grid FIELD=v1,v2,...` (repeatable) sets
+any `DCDPConfig` field instead (`lr_factor` scales the preset's lr), e.g.
+`--grid lr_factor=0.1,1 --grid mu=0,3 --grid TK=0,50`. The setting with the
+best mean PSNR is printed, with a line to paste into
 `jaxir.solvers.dcdp.DCDP_PRESETS` under the name "<prior>/<task>", unless it
-beats the official preset by less than 0.1 dB (then the official one stays). K and tau
-stay the official ones; the DDIM variant uses the same setting.
+beats the official preset by less than 0.1 dB (then the official one stays).
+Fields not in the grid stay the official ones; the DDIM variant uses the same
+setting.
 """
 from __future__ import annotations
 
@@ -44,6 +49,11 @@ def main(argv=None) -> int:
   ap.add_argument("--tasks", default=",".join(TASKS))
   ap.add_argument("--lr-factors", default="0.3,1,3")
   ap.add_argument("--t0s", default="100,200,400")
+  ap.add_argument("--grid", action="append", default=[],
+                  help="FIELD=v1,v2,... over a DCDPConfig field or lr_factor (repeatable; "
+                       "replaces --lr-factors/--t0s)")
+  ap.add_argument("--sigma-y", type=float, default=None,
+                  help="measurement noise std (default: the task's)")
   args = ap.parse_args(argv)
 
   from jaxir.cli import solver_config
@@ -54,36 +64,72 @@ def main(argv=None) -> int:
   xs = jnp.asarray(training_images(args.prior, args.count))
   n = xs.shape[0]
   root = jax.random.key(100)  # differs from the quality table's seed
-  factors = [float(f) for f in args.lr_factors.split(",")]
-  t0s = [int(t) for t in args.t0s.split(",")]
-  print(f"{args.prior}: {n} training images; Tweedie DCDP; PSNR (dB) per (lr factor, T0)")
+  grid = _parse_grid(args.grid) if args.grid else {
+      "lr_factor": [float(f) for f in args.lr_factors.split(",")],
+      "T0": [int(t) for t in args.t0s.split(",")]}
+  names = list(grid)
+  print(f"{args.prior}: {n} training images; Tweedie DCDP; PSNR (dB) per ({', '.join(names)})")
   for task in args.tasks.split(","):
     keys = jax.random.split(jax.random.fold_in(root, zlib.crc32(task.encode())), n)
-    ops, ys = zip(*[simulate(task, jax.random.fold_in(k, 0), x) for k, x in zip(keys, xs)])
+    ops, ys = zip(*[simulate(task, jax.random.fold_in(k, 0), x, sigma_y=args.sigma_y)
+                    for k, x in zip(keys, xs)])
     op_b, y_b = stack_operators(ops), jnp.stack(ys)
     skeys = jnp.stack([jax.random.fold_in(k, 1) for k in keys])
     fn, base = solver_config("dcdp-tweedie", task)
+    official = tuple(1.0 if k == "lr_factor" else getattr(base, k) for k in names)
     scores = {}
-    for f, t0 in itertools.product(factors, t0s):
-      cfg = dataclasses.replace(base, lr=base.lr * f, T0=t0, K=min(base.K, t0))
-      scores[(f, t0)] = _score(fn, cfg, skeys, y_b, op_b, prior, xs)
-    official = (1.0, base.T0)
+    for values in itertools.product(*grid.values()):
+      cfg = _setting(base, dict(zip(names, values)))
+      if cfg is not None:
+        scores[values] = _score(fn, cfg, skeys, y_b, op_b, prior, xs)
+        print(f"  {task} {_fmt(names, values)}: {scores[values]:.2f} dB", flush=True)
     if official not in scores:
       scores[official] = _score(fn, base, skeys, y_b, op_b, prior, xs)
     best = max(scores, key=scores.get)
     if scores[best] < scores[official] + MIN_GAIN_DB:
       best = official  # ties and tiny gains keep the official preset
-    grid = "  ".join(f"{f}x/T0={t}: {v:.2f}" for (f, t), v in scores.items())
-    print(f"{task}: {grid}")
-    f, t0 = best
     if best == official:
-      print(f"  keep the official preset {base_name(task)!r} ({scores[best]:.2f} dB; no setting "
-            f"beats it by {MIN_GAIN_DB} dB)", flush=True)
+      print(f"{task}: keep the official preset {base_name(task)!r} ({scores[best]:.2f} dB; no "
+            f"setting beats it by {MIN_GAIN_DB} dB)", flush=True)
     else:
-      print(f'  best: "{args.prior}/{task}": dataclasses.replace(DCDP_PRESETS['
-            f'"{base_name(task)}"], lr={base.lr * f:g}, T0={t0}),  # {scores[best]:.2f} dB vs '
-            f"{scores[official]:.2f} dB official", flush=True)
+      cfg = _setting(base, dict(zip(names, best)))
+      changed = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                 if getattr(cfg, f.name) != getattr(base, f.name)}
+      print(f'{task}: best "{args.prior}/{task}": dataclasses.replace(DCDP_PRESETS['
+            f'"{base_name(task)}"], {", ".join(f"{k}={v!r}" for k, v in changed.items())}),  '
+            f"# {scores[best]:.2f} dB vs {scores[official]:.2f} dB official", flush=True)
   return 0
+
+
+def _parse_grid(specs):
+  from jaxir.solvers.dcdp import DCDPConfig
+  types = {f.name: f.type for f in dataclasses.fields(DCDPConfig)}
+  grid = {}
+  for spec in specs:
+    name, _, values = spec.partition("=")
+    if name != "lr_factor" and name not in types:
+      raise SystemExit(f"--grid {spec!r}: unknown field {name!r}; use lr_factor or one of "
+                       f"{sorted(types)}.")
+    cast = int if types.get(name) in ("int", int) else float
+    grid[name] = [cast(v) for v in values.split(",") if v.strip()]
+  return grid
+
+
+def _setting(base, values):
+  """The preset with grid values applied (None if the combination is invalid)."""
+  from jaxir.errors import ConfigError
+  kw = {k: v for k, v in values.items() if k != "lr_factor"}
+  kw["lr"] = base.lr * values.get("lr_factor", 1.0) * (kw.pop("lr") / base.lr if "lr" in kw else 1)
+  if "T0" in kw and "K" not in kw:
+    kw["K"] = min(base.K, kw["T0"])
+  try:
+    return dataclasses.replace(base, **kw)
+  except ConfigError:
+    return None
+
+
+def _fmt(names, values):
+  return " ".join(f"{k}={v:g}" for k, v in zip(names, values))
 
 
 def _score(fn, cfg, skeys, y_b, op_b, prior, xs) -> float:

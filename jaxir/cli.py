@@ -37,11 +37,14 @@ def _parse_value(text: str):
   return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
-def solver_config(solver: str, task_name: str, overrides=(), prior: str | None = None):
+def solver_config(solver: str, task_name: str, overrides=(), prior: str | None = None,
+                  sigma_y: float | None = None):
   """The (function, config) of `solver` for a task, with `KEY=VALUE` overrides.
 
-  DCDP uses the preset tuned for `prior` ("<prior>/<preset>" in `DCDP_PRESETS`)
-  when there is one, else the official preset of the task.
+  DCDP uses the preset tuned for `prior` ("<prior>/<task>" in `DCDP_PRESETS`)
+  when there is one, else the official preset of the task, moved to the noise
+  level `sigma_y` (default: the task's) with `dcdp.for_noise`. Overrides
+  are applied last.
   """
   from jaxir.errors import ConfigError
   from jaxir.solvers import DCDP_PRESETS, dcdp, dcdp_preset, dps, dps_preset
@@ -50,12 +53,13 @@ def solver_config(solver: str, task_name: str, overrides=(), prior: str | None =
   preset = task.dcdp_preset
   if prior is not None and f"{prior}/{task_name}" in DCDP_PRESETS:
     preset = f"{prior}/{task_name}"
+  sigma = task.sigma_y if sigma_y is None else float(sigma_y)
   if solver == "dcdp":
-    fn, cfg = dcdp.dcdp, dcdp_preset(preset, sigma_y=task.sigma_y)
+    fn, cfg = dcdp.dcdp, dcdp.for_noise(dcdp_preset(preset), sigma)
   elif solver == "dcdp-tweedie":
-    fn, cfg = dcdp.dcdp, dcdp_preset(preset, sigma_y=task.sigma_y, tweedie=True)
+    fn, cfg = dcdp.dcdp, dcdp.for_noise(dcdp_preset(preset, tweedie=True), sigma)
   elif solver == "dps":
-    fn, cfg = dps.dps, dps_preset(task.dps_preset, sigma_y=task.sigma_y)
+    fn, cfg = dps.dps, dps_preset(task.dps_preset, sigma_y=sigma)
   else:
     raise ConfigError(f"unknown solver {solver!r}; choose from {SOLVERS}.")
   fields = {f.name for f in dataclasses.fields(cfg)}
@@ -110,9 +114,8 @@ def restore(args) -> dict:
     raise ConfigError(f"unknown task {args.task!r}; run `jaxir tasks` for the list.")
   task = TASKS[args.task]
   sigma_y = task.sigma_y if args.sigma_y is None else args.sigma_y
-  fn, cfg = solver_config(args.solver, args.task, args.set or (), prior=args.prior)
-  if hasattr(cfg, "sigma_y"):
-    cfg = dataclasses.replace(cfg, sigma_y=sigma_y)
+  fn, cfg = solver_config(args.solver, args.task, args.set or (), prior=args.prior,
+                          sigma_y=sigma_y)
   prior = load_prior(args.prior, args.checkpoint)
   src = Path(args.input)
   paths = io.list_images(src) if src.is_dir() else [src]

@@ -90,6 +90,20 @@ def test_solver_config_overrides_and_errors():
     cli.solver_config("ddrm", "sr4")
 
 
+def test_solver_config_uses_the_prior_preset_at_the_run_noise():
+  tuned = jaxir.solvers.DCDP_PRESETS["mnist32/motion_deblur"]
+  _, cfg = cli.solver_config("dcdp", "motion_deblur", prior="mnist32")
+  assert (cfg.mu, cfg.T0, cfg.sigma_y) == (tuned.mu, tuned.T0, 0.05)
+  _, cfg = cli.solver_config("dcdp-tweedie", "motion_deblur", prior="mnist32", sigma_y=0.1)
+  assert cfg.tweedie and cfg.mu == pytest.approx(4 * tuned.mu) and cfg.sigma_y == 0.1
+  _, cfg = cli.solver_config("dcdp", "motion_deblur", prior="mnist32", sigma_y=0.0)
+  assert cfg.mu == 0.0
+  _, cfg = cli.solver_config("dcdp", "motion_deblur", ["mu=0.5"], prior="mnist32", sigma_y=0.0)
+  assert cfg.mu == 0.5                                        # --set wins
+  _, cfg = cli.solver_config("dcdp", "motion_deblur")         # no prior: the official preset
+  assert (cfg.mu, cfg.T0) == (0.0, 400)
+
+
 def _write_examples(folder, n=3, size=16):
   folder.mkdir()
   rng = np.random.default_rng(0)

@@ -29,7 +29,7 @@ from jaxir.priors import make_prior
 from jaxir.priors.analytic import gaussian_prior, sample_prior
 from jaxir.priors.posterior import gaussian_posterior, operator_matrix
 from jaxir.solvers.dcdp import (DCDP_PRESETS, DCDPConfig, data_consistency, dcdp,
-                                dcdp_nfe, dcdp_preset, dcdp_schedule, effective_step,
+                                dcdp_nfe, dcdp_preset, dcdp_schedule, effective_step, for_noise,
                                 purification_table, purify, purify_row, rescale_lr)
 
 FIX = str(FIXTURES)
@@ -180,6 +180,19 @@ def test_presets_and_effective_step():
   assert dcdp_preset("sr4", tweedie=True).tweedie
   with pytest.raises(ConfigError, match="unknown DCDP preset"):
     dcdp_preset("sr3")
+
+
+def test_for_noise_scales_the_proximal_weight_with_the_noise_variance():
+  tuned = DCDPConfig(mu=0.1, sigma_y=0.05)
+  assert for_noise(tuned, 0.1).mu == pytest.approx(0.4)
+  assert for_noise(tuned, 0.025).mu == pytest.approx(0.025)
+  assert for_noise(tuned, 0.0).mu == 0.0 and for_noise(tuned, 0.0).sigma_y == 0.0
+  official = for_noise(dcdp_preset("motion_deblur"), 0.05)   # mu 0: only sigma_y changes
+  assert (official.mu, official.sigma_y, official.lr) == (0.0, 0.05, 1e5)
+  untuned = for_noise(DCDPConfig(mu=0.3), 0.2)              # no reference noise: mu kept
+  assert untuned.mu == 0.3
+  with pytest.raises(ConfigError, match="sigma_y must be >= 0"):
+    for_noise(tuned, -0.1)
 
 
 def test_nfe_formula_and_counted_calls(gauss):
