@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.models.conv import conv_general_dilated
+from jaxir.models.activations import silu
 from jaxir.models.norm import GroupNorm
 
 __all__ = ["ADMConfig", "adm_config", "ADMUNet", "timestep_embedding",
@@ -229,20 +230,20 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, emb):
     oc = self.out_channels
-    h = nn.silu(GroupNorm(name="in_layers_0")(x))
+    h = silu(GroupNorm(name="in_layers_0")(x))
     if self.up:
       h, x = _upsample_nearest(h), _upsample_nearest(x)
     elif self.down:
       h, x = _avg_pool2(h), _avg_pool2(x)
     h = _conv(oc, self.dtype, "in_layers_2")(h)
-    e = nn.Dense(2 * oc if self.use_scale_shift_norm else oc, name="emb_layers_1")(nn.silu(emb))
+    e = nn.Dense(2 * oc if self.use_scale_shift_norm else oc, name="emb_layers_1")(silu(emb))
     e = e.astype(h.dtype)[:, None, None, :]
     if self.use_scale_shift_norm:
       scale, shift = jnp.split(e, 2, axis=-1)
       h = GroupNorm(name="out_layers_0")(h) * (1 + scale) + shift
     else:
       h = GroupNorm(name="out_layers_0")(h + e)
-    h = _conv(oc, self.dtype, "out_layers_3")(nn.silu(h))
+    h = _conv(oc, self.dtype, "out_layers_3")(silu(h))
     skip = x if x.shape[-1] == oc else _conv(oc, self.dtype, "skip_connection", kernel=1)(x)
     return skip + h
 
@@ -333,7 +334,7 @@ class ADMUNet(nn.Module):
     ted = cfg.time_embed_dim
     emb = timestep_embedding(t, cfg.model_channels)
     emb = nn.Dense(ted, name="time_embed_0")(emb)
-    emb = nn.Dense(ted, name="time_embed_2")(nn.silu(emb))
+    emb = nn.Dense(ted, name="time_embed_2")(silu(emb))
     if cfg.num_classes is not None:
       y = jnp.asarray(y)
       if y.shape != (n,):
@@ -386,5 +387,5 @@ class ADMUNet(nn.Module):
         idx += 1
 
     h = h.astype(jnp.float32)
-    h = nn.silu(GroupNorm(name="out_0")(h))
+    h = silu(GroupNorm(name="out_0")(h))
     return _conv(cfg.out_channels, jnp.float32, "out_2")(h)

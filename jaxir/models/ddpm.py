@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxir.errors import CheckpointError, ConfigError, ShapeError
 from jaxir.models.conv import conv_general_dilated
+from jaxir.models.activations import silu
 from jaxir.models.norm import GroupNorm
 
 __all__ = ["DDPMConfig", "ddpm_config", "ddpm_config_from_diffusers", "ddpm_config_to_diffusers",
@@ -225,10 +226,6 @@ def _conv(features, kernel, dtype, name, stride=1, padding="SAME"):
                  dtype=dtype, conv_general_dilated=conv_general_dilated, name=name)
 
 
-def _swish(x):
-  return x * jax.nn.sigmoid(x)
-
-
 class ResnetBlock(nn.Module):
   """GroupNorm-swish-conv twice, timestep projection added between, 1x1 skip if widths differ."""
   out_channels: int
@@ -237,10 +234,10 @@ class ResnetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb, deterministic=True):
-    h = _swish(_norm("norm1")(x.astype(jnp.float32))).astype(self.dtype)
+    h = silu(_norm("norm1")(x.astype(jnp.float32))).astype(self.dtype)
     h = _conv(self.out_channels, 3, self.dtype, "conv1")(h)
-    h = h + nn.Dense(self.out_channels, dtype=self.dtype, name="temb_proj")(_swish(temb))[:, None, None, :]
-    h = _swish(_norm("norm2")(h.astype(jnp.float32))).astype(self.dtype)
+    h = h + nn.Dense(self.out_channels, dtype=self.dtype, name="temb_proj")(silu(temb))[:, None, None, :]
+    h = silu(_norm("norm2")(h.astype(jnp.float32))).astype(self.dtype)
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = _conv(self.out_channels, 3, self.dtype, "conv2")(h)
     if x.shape[-1] != self.out_channels:
@@ -324,7 +321,7 @@ class DDPMUNet(nn.Module):
 
     temb = ddpm_timestep_embedding(t, cfg.ch)
     temb = nn.Dense(4 * cfg.ch, dtype=dt, name="temb_dense_0")(temb)
-    temb = nn.Dense(4 * cfg.ch, dtype=dt, name="temb_dense_1")(_swish(temb))
+    temb = nn.Dense(4 * cfg.ch, dtype=dt, name="temb_dense_1")(silu(temb))
 
     hs = [_conv(cfg.ch, 3, dt, "conv_in")(x.astype(dt))]
     for i in range(levels):
@@ -350,7 +347,7 @@ class DDPMUNet(nn.Module):
       if i != 0:
         h = Upsample(cfg.resamp_with_conv, dtype=dt, name=f"up_{i}_upsample")(h)
 
-    h = _swish(_norm("norm_out")(h.astype(jnp.float32))).astype(dt)
+    h = silu(_norm("norm_out")(h.astype(jnp.float32))).astype(dt)
     h = _conv(cfg.out_ch, 3, dt, "conv_out")(h)
     return h.astype(jnp.float32)
 
