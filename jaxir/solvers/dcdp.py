@@ -109,29 +109,33 @@ DCDP_PRESETS: dict[str, DCDPConfig] = {
     "box_inpaint": DCDPConfig(K=20, tau=50, lr=1e3, T0=700, lr_size=_M_FULL),
     # purification_config_phase_retrieval.yaml (oversample 2.0).
     "phase_retrieval": DCDPConfig(K=200, tau=100, lr=500.0, T0=1000, TK=20, lr_size=_M_PR),
-    # Tuned for jaxir's shipped priors ("<prior>/<task>", used by the command line and the
-    # quality table) by experiments/tune_dcdp.py on 8 TRAINING images of mnist32 with each task's
-    # noise (sigma_y 0.05; 0.2 for denoise), Tweedie variant, official lr; grids mu in {0, 0.03,
-    # 0.1, 0.3, 1} x T0 (then TK for denoise); kept only where they beat the official preset by
-    # >= 0.1 dB (log: experiments/results/tune_dcdp_noisy.log). The proximal weight mu
-    # keeps the data-consistency phase from fitting the noise; `for_noise` scales it with the
-    # noise variance (mu = 0, the official setting, without noise). sr4 and box_inpaint gained
-    # < 0.1 dB and keep the official presets.
-    "mnist32/gaussian_deblur": DCDPConfig(K=10, tau=100, lr=1e5, T0=200, mu=0.3, sigma_y=0.05,
-                                          lr_size=_M_FULL),  # 37.67 dB vs 34.34 official
-    "mnist32/motion_deblur": DCDPConfig(K=10, tau=100, lr=1e5, T0=200, mu=0.1, sigma_y=0.05,
-                                        lr_size=_M_FULL),  # 31.14 dB vs 18.69 official
-    "mnist32/denoise": DCDPConfig(K=10, tau=100, lr=1e3, T0=400, TK=30, mu=1.0, sigma_y=0.2,
-                                  lr_size=_M_SR4),  # 31.09 dB vs 23.50 official (sr4 preset)
+}
+
+
+def _tuned(official: str, **changes) -> DCDPConfig:
+  return dataclasses.replace(DCDP_PRESETS[official], **changes)
+
+
+# Tuned for jaxir's shipped priors ("<prior>/<task>", used by the command line and the
+# quality table) by experiments/tune_dcdp.py on 8 TRAINING images of mnist32 with each task's
+# noise (sigma_y 0.05; 0.2 for denoise), Tweedie variant, official lr; grids mu in {0, 0.03,
+# 0.1, 0.3, 1} x T0 (then TK for denoise); kept only where they beat the official preset by
+# >= 0.1 dB (log: experiments/results/tune_dcdp_noisy.log). The proximal weight mu
+# keeps the data-consistency phase from fitting the noise; `for_noise` scales it with the
+# noise variance (mu = 0, the official setting, without noise). sr4 and box_inpaint gained
+# < 0.1 dB and keep the official presets.
+DCDP_PRESETS.update({
+    # dB on the training images, tuned vs official, in the comments.
+    "mnist32/gaussian_deblur": _tuned("gaussian_deblur", T0=200, mu=0.3,
+                                      sigma_y=0.05),  # 37.67/34.34
+    "mnist32/motion_deblur": _tuned("motion_deblur", T0=200, mu=0.1, sigma_y=0.05),  # 31.14/18.69
+    "mnist32/denoise": _tuned("sr4", TK=30, mu=1.0, sigma_y=0.2),  # 31.09/23.50
     # natural64, same procedure on 8 TRAINING patches (64x64), grid mu in {0, 0.1, 0.3, 1}
     # (x TK in {0, 30} for denoise) at the official T0.
-    "natural64/gaussian_deblur": DCDPConfig(K=10, tau=100, lr=1e5, T0=400, mu=0.3, sigma_y=0.05,
-                                            lr_size=_M_FULL),  # 31.26 dB vs 13.83 official
-    "natural64/motion_deblur": DCDPConfig(K=10, tau=100, lr=1e5, T0=400, mu=0.3, sigma_y=0.05,
-                                          lr_size=_M_FULL),  # 28.76 dB vs 14.66 official
-    "natural64/denoise": DCDPConfig(K=10, tau=100, lr=1e3, T0=400, TK=30, mu=1.0, sigma_y=0.2,
-                                    lr_size=_M_SR4),  # 26.77 dB vs 21.31 official (sr4 preset)
-}
+    "natural64/gaussian_deblur": _tuned("gaussian_deblur", mu=0.3, sigma_y=0.05),  # 31.26/13.83
+    "natural64/motion_deblur": _tuned("motion_deblur", mu=0.3, sigma_y=0.05),  # 28.76/14.66
+    "natural64/denoise": _tuned("sr4", TK=30, mu=1.0, sigma_y=0.2),  # 26.77/21.31
+})
 
 
 def for_noise(config: DCDPConfig, sigma_y: float) -> DCDPConfig:
