@@ -32,6 +32,11 @@ def main(argv=None) -> int:
                   help="export the current EMA params even if --steps is not reached")
   ap.add_argument("--seed", type=int, default=None, help="override the config's seed")
   ap.add_argument("--batch-size", type=int, default=None, help="override the global batch")
+  ap.add_argument("--init-from", default=None,
+                  help="fine-tune: start from a run directory's latest weights or an exported .safetensors")
+  ap.add_argument("--loss-weight", default=None, help="override: eps or truncated_snr")
+  ap.add_argument("--export-name", default=None,
+                  help="file stem of the export (default: the config's name)")
   args = ap.parse_args(argv)
 
   import jax
@@ -40,7 +45,9 @@ def main(argv=None) -> int:
   from jaxir.train import configs, trainer
 
   cfg = configs.get_config(args.config)
-  over = {k: v for k, v in (("seed", args.seed), ("batch_size", args.batch_size)) if v is not None}
+  over = {k: v for k, v in (("seed", args.seed), ("batch_size", args.batch_size),
+                            ("init_from", args.init_from), ("loss_weight", args.loss_weight))
+          if v is not None}
   cfg = cfg.replace(**over)
   total = cfg.num_steps if args.steps is None else args.steps
   budget = None if args.time_budget_min is None else 60.0 * args.time_budget_min
@@ -91,7 +98,7 @@ def main(argv=None) -> int:
              "jax": jax.__version__}
     out = args.export or os.path.join(args.workdir, "export")
     paths = trainer.export_prior(trainer.build_model(cfg), state.ema_params, cfg, out,
-                                 extra=extra)
+                                 extra=extra, name=args.export_name)
     print("exported " + " ".join(paths), file=sys.stderr)
   return 0
 

@@ -137,6 +137,36 @@ def test_diffusion_loss_oracle_and_null():
   assert abs(float(null) - 1.0) < 0.1  # E[eps^2] = 1, 6144 draws
 
 
+def test_truncated_snr_loss_is_max_of_eps_and_x0_errors():
+  abar64 = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+  abar = jnp.asarray(abar64, jnp.float32)
+  x0 = jax.random.uniform(jax.random.key(0), (16, 8, 8, 3), minval=-1, maxval=1)
+  key = jax.random.key(1)
+  off = lambda p, x, t: 0.3 * x + 0.1  # some imperfect eps network
+  got = trainer.diffusion_loss(off, None, x0, key, abar, weighting="truncated_snr")
+  # Independent reference: redraw t and eps as diffusion_loss documents, in float64.
+  kt, kn = jax.random.split(key)
+  t = np.asarray(jax.random.randint(kt, (16,), 0, 1000))
+  eps = np.asarray(jax.random.normal(kn, x0.shape), np.float64)
+  a = abar64[t][:, None, None, None]
+  x_t = np.sqrt(a) * np.asarray(x0, np.float64) + np.sqrt(1 - a) * eps
+  e_hat = 0.3 * x_t + 0.1
+  x0_hat = (x_t - np.sqrt(1 - a) * e_hat) / np.sqrt(a)
+  eps_mse = ((e_hat - eps) ** 2).mean(axis=(1, 2, 3))
+  x0_mse = ((x0_hat - np.asarray(x0, np.float64)) ** 2).mean(axis=(1, 2, 3))
+  np.testing.assert_allclose(float(got), np.maximum(eps_mse, x0_mse).mean(), rtol=1e-4)
+  assert t.max() > 300 and np.any(x0_mse > eps_mse) and np.any(x0_mse < eps_mse)
+  with pytest.raises(ConfigError, match="loss_weight"):
+    _cfg(loss_weight="x0")
+
+
+def test_cosine_lr_schedule():
+  cfg = _cfg(lr_schedule="cosine", num_steps=105, warmup_steps=5, learning_rate=1e-3)
+  lr = trainer._lr_schedule(cfg)
+  np.testing.assert_allclose([float(lr(s)) for s in (0, 5, 55, 105)],
+                             [0.0, 1e-3, 0.5e-3, 0.0], atol=1e-9)
+
+
 # ------------------------------------------------------------------------ training runs
 
 @pytest.fixture(scope="module")
@@ -178,6 +208,23 @@ def test_workdir_config_mismatch_raises(runs):
   from jaxir.errors import CheckpointError
   with pytest.raises(CheckpointError, match="different config"):
     trainer.train_and_evaluate(_cfg(learning_rate=1.0), runs[1], model=TinyEps(), num_steps=31)
+
+
+def test_init_from_starts_fresh_with_the_runs_weights(runs, tmp_path):
+  from jaxir.errors import CheckpointError
+  full, _, state_full, _ = runs
+  cfg = _cfg(init_from=full, loss_weight="truncated_snr", seed=3)
+  ft = trainer.train_and_evaluate(cfg, str(tmp_path / "ft"), model=TinyEps(), num_steps=2)
+  assert int(ft.step) == 2
+  # Its step-0 state: the source's params and EMA, a fresh optimizer and key.
+  mngr = trainer.checkpoint_manager(str(tmp_path / "none"), cfg)
+  s0 = trainer.restore_or_init(mngr, cfg, TinyEps())
+  assert int(s0.step) == 0 and _tree_equal(s0.params, state_full.params)
+  assert _tree_equal(s0.ema_params, state_full.ema_params)
+  assert not _tree_equal(s0.rng, state_full.rng)
+  assert not _tree_equal(ft.params, state_full.params)
+  with pytest.raises(CheckpointError, match="no checkpoint"):
+    trainer.restore_or_init(mngr, _cfg(init_from=str(tmp_path / "nowhere")), TinyEps())
 
 
 _SHARDED = r"""
@@ -262,3 +309,13 @@ def test_export_prior_loads_in_guided_diffusion(tmp_path):
       w, np.transpose(params["params"]["input_blocks_0_0"]["kernel"], (3, 2, 0, 1)))
   _, back = jaxir.models.load(meta["model"], st, arch="adm")
   assert _tree_equal(back, params)
+  # Fine-tuning from the exported file starts from exactly these weights (params and EMA).
+  ft = cfg.replace(init_from=st)
+  s0 = trainer.restore_or_init(trainer.checkpoint_manager(str(tmp_path / "ft"), ft), ft, model)
+  assert int(s0.step) == 0 and _tree_equal(s0.params, params)
+  assert _tree_equal(s0.ema_params, params)
+  from jaxir.errors import CheckpointError
+  other = configs.get_config("mnist32").replace(init_from=st)
+  with pytest.raises(CheckpointError):
+    trainer.restore_or_init(trainer.checkpoint_manager(str(tmp_path / "x"), other), other,
+                            trainer.build_model(other))

@@ -85,13 +85,17 @@ def make_apply_fn(model) -> Callable:
 
 
 def _lr_schedule(config: TrainConfig):
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1)),
-       optax.constant_schedule(config.learning_rate)], [max(config.warmup_steps, 1)])
+  w = max(config.warmup_steps, 1)
+  if config.lr_schedule == "cosine":
+    after = optax.cosine_decay_schedule(config.learning_rate, max(config.num_steps - w, 1))
+  else:
+    after = optax.constant_schedule(config.learning_rate)
+  return optax.join_schedules([optax.linear_schedule(0.0, config.learning_rate, w), after], [w])
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  """AdamW with linear warm-up to `learning_rate`, after global-norm clipping."""
+  """AdamW (linear warm-up to `learning_rate`, then constant or cosine), after
+  global-norm clipping."""
   adamw = optax.adamw(_lr_schedule(config), b1=config.adam_b1, b2=config.adam_b2,
                       weight_decay=config.weight_decay)
   if config.grad_clip > 0:
@@ -145,8 +149,12 @@ def _cast(tree, dtype):
 
 
 def diffusion_loss(apply_fn: Callable, params, x0, key, alphas_cumprod,
-                   compute_dtype=jnp.float32):
+                   compute_dtype=jnp.float32, weighting: str = "eps"):
   """The DDPM simple loss: mean squared error of the predicted eps.
+
+  With `weighting="truncated_snr"` each example's eps-MSE is multiplied by
+  max(1, (1 - abar_t) / abar_t), which makes it max(eps-MSE, x0-MSE) (x0 from
+  the predicted eps); "eps" is the plain loss.
 
   Args:
     apply_fn: `apply_fn(params, x, t)`, output C or 2C channels (eps first).
@@ -166,7 +174,12 @@ def diffusion_loss(apply_fn: Callable, params, x0, key, alphas_cumprod,
   a = alphas_cumprod[t].reshape(n, 1, 1, 1)
   x_t = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
   out = apply_fn(_cast(params, compute_dtype), x_t.astype(compute_dtype), t)
-  return jnp.mean((out[..., :c].astype(jnp.float32) - eps) ** 2)
+  per_example = jnp.mean((out[..., :c].astype(jnp.float32) - eps) ** 2, axis=(1, 2, 3))
+  if weighting == "truncated_snr":
+    per_example = per_example * jnp.maximum(1.0, (1.0 - a[:, 0, 0, 0]) / a[:, 0, 0, 0])
+  elif weighting != "eps":
+    raise ConfigError(f"weighting {weighting!r}; use 'eps' or 'truncated_snr'.")
+  return jnp.mean(per_example)
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -210,7 +223,8 @@ def _make_train_step(config, apply_fn, mesh, donate, cast_dtype):
 
   def train_step(state: TrainState, batch, key):
     loss, grads = jax.value_and_grad(
-        lambda p: diffusion_loss(apply_fn, p, batch, key, abar, dtype))(state.params)
+        lambda p: diffusion_loss(apply_fn, p, batch, key, abar, dtype,
+                                 config.loss_weight))(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     n = state.step.astype(jnp.float32)
@@ -225,7 +239,8 @@ def _make_train_step(config, apply_fn, mesh, donate, cast_dtype):
 
 
 def make_eval_loss(config: TrainConfig, apply_fn: Callable, mesh: Mesh | None = None):
-  """Jitted `eval_loss(params, batch, key) -> loss` (the training loss, no update)."""
+  """Jitted `eval_loss(params, batch, key) -> loss`: the plain eps loss (whatever
+  `config.loss_weight` is, so runs compare), no update."""
   mesh = data_mesh() if mesh is None else mesh
   abar = get_schedule(config.schedule, config.num_timesteps).alphas_cumprod
   repl = NamedSharding(mesh, P())
@@ -317,18 +332,52 @@ def checkpoint_manager(directory: str, config: TrainConfig) -> ocp.CheckpointMan
 
 def restore_or_init(mngr: ocp.CheckpointManager, config: TrainConfig, model,
                     mesh: Mesh | None = None) -> TrainState:
-  """The latest checkpoint of `mngr` (replicated on the mesh), else a fresh state."""
+  """The latest checkpoint of `mngr` (replicated on the mesh), else a fresh state
+  (with params and EMA params from `config.init_from`'s latest checkpoint if set)."""
   mesh = data_mesh() if mesh is None else mesh
   repl = NamedSharding(mesh, P())
   init = _memo("init", config, mesh, model, lambda: jax.jit(
       lambda k: create_train_state(config, model, k), out_shardings=repl))
   key = jax.random.key(config.seed)
   step = mngr.latest_step()
-  if step is None:
+  if step is None and not config.init_from:
     return init(key)
   abstract = jax.eval_shape(init, key)
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
                           abstract)
+  if step is None and config.init_from.endswith(".safetensors"):  # fine-tune an exported prior
+    fresh = init(key)
+    params = _exported_params(config, fresh.params)
+    params = jax.device_put(params, repl)
+    return fresh.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+  if step is None:  # fine-tuning: weights from another run, everything else fresh
+    src_dir = os.path.join(config.init_from, "checkpoints")
+    src = checkpoint_manager(src_dir, config)
+    src_step = src.latest_step()
+    if src_step is None:
+      raise CheckpointError(f"init_from {config.init_from!r} has no checkpoint under "
+                            f"{src_dir}; train that run first or fix the path.")
+    src_state = _restore(src, src_step, abstract)
+    src.close()
+    fresh = init(key)
+    return fresh.replace(params=src_state.params, ema_params=src_state.ema_params)
+  return _restore(mngr, step, abstract)
+
+
+def _exported_params(config: TrainConfig, like):
+  """Params of an exported prior (guided-diffusion safetensors) for `config.model`."""
+  from jaxir.models.convert import from_torch
+  if not os.path.exists(config.init_from):
+    raise CheckpointError(f"init_from {config.init_from!r} does not exist; give an exported "
+                          "prior's .safetensors (e.g. checkpoints/mnist32.safetensors).")
+  _, params = from_torch(config.init_from, "adm", dict(config.model))
+  if jax.tree.structure(params) != jax.tree.structure(like):
+    raise CheckpointError(f"init_from {config.init_from!r} does not match the model of config "
+                          f"{config.name!r}; use a config with the same model arguments.")
+  return jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), params, like)
+
+
+def _restore(mngr: ocp.CheckpointManager, step: int, abstract) -> TrainState:
   try:
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
   except Exception as e:  # orbax raises several types on a structure mismatch
@@ -337,7 +386,7 @@ def restore_or_init(mngr: ocp.CheckpointManager, config: TrainConfig, model,
 
 
 def export_prior(model, params, config: TrainConfig, directory: str, *,
-                 extra: dict | None = None):
+                 extra: dict | None = None, name: str | None = None):
   """Write a shipped prior: guided-diffusion safetensors plus a JSON card.
 
   Writes `<directory>/<config.name>.safetensors` (the upstream PyTorch state
@@ -353,19 +402,21 @@ def export_prior(model, params, config: TrainConfig, directory: str, *,
     config: the run's config.
     directory: output folder.
     extra: more JSON fields.
+    name: file stem (default `config.name`).
 
   Returns:
     (safetensors_path, json_path).
   """
   from jaxir.models.convert import count_params, to_torch
   os.makedirs(directory, exist_ok=True)
-  st = os.path.join(directory, f"{config.name}.safetensors")
+  name = config.name if name is None else name
+  st = os.path.join(directory, f"{name}.safetensors")
   to_torch(model, jax.device_get(params), st)
   meta = {"arch": "adm", "model": dict(config.model), "image_size": config.image_size,
           "channels": config.channels, "schedule": config.schedule,
           "num_timesteps": config.num_timesteps, "prediction": "eps",
           "num_params": count_params(params), "train": config.to_dict(), **(extra or {})}
-  js = os.path.join(directory, f"{config.name}.json")
+  js = os.path.join(directory, f"{name}.json")
   with open(js, "w") as f:
     json.dump(meta, f, indent=2, sort_keys=True, default=list)
   return st, js
