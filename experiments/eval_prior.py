@@ -5,8 +5,10 @@
 For several timesteps t, noises images to x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
 (same noise for both splits), denoises in one step with the prior's Tweedie
 estimate E[x0 | x_t] (clipped to [-1, 1]) and prints PSNR on held-out vs
-training images. A prior that generalizes scores about the same on both; one
-that memorized its training set scores much higher on training images. The
+training images, and for reference the PSNR of the training split's mean image
+(the minimum-MSE constant guess, which a denoiser should match or beat at every
+t). A prior that generalizes scores about the same on both splits; one that
+memorized its training set scores much higher on training images. The
 equivalent noise std on [-1, 1] images is sqrt(1 - abar_t) / sqrt(abar_t).
 
 natural64 is a 64x64 patch prior on a convolutional U-Net: its rows "holdout
@@ -73,6 +75,8 @@ def main(argv=None) -> int:
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--grid", default=None, help="write a 4x4 DDIM sample grid PNG here")
   ap.add_argument("--json", default=None, help="write the numbers here")
+  ap.add_argument("--timesteps", default=",".join(map(str, TIMESTEPS)),
+                  help="comma-separated timesteps (default %(default)s)")
   args = ap.parse_args(argv)
 
   from jaxir.priors import load_prior
@@ -81,19 +85,29 @@ def main(argv=None) -> int:
   key = jax.random.key(args.seed)
   sets = datasets(args.config or args.prior, args.count, key)
   abar = np.asarray(prior.schedule.alphas_cumprod)
-  res = {"prior": args.prior, "count": args.count, "timesteps": list(TIMESTEPS),
-         "sigma": [float(np.sqrt(1 - abar[t]) / np.sqrt(abar[t])) for t in TIMESTEPS],
+  steps = tuple(int(v) for v in args.timesteps.split(","))
+  res = {"prior": args.prior, "count": args.count, "timesteps": list(steps),
+         "sigma": [float(np.sqrt(1 - abar[t]) / np.sqrt(abar[t])) for t in steps],
          "psnr": {}}
   for label, x in sets.items():
     res["psnr"][label] = [tweedie_psnr(prior, jnp.asarray(x), jax.random.fold_in(key, 7), t,
                                        batch=50 if x.shape[1] <= 64 else 4)
-                          for t in TIMESTEPS]
+                          for t in steps]
+  # Reference: the minimum-MSE constant guess, the training split's mean image (a denoiser
+  # worse than it at high noise has not learned the data's mean).
+  from jaxir.metrics import psnr
+  mean = jnp.mean(jnp.asarray(sets["train"]), axis=0)
+  res["mean_image_psnr"] = {
+      label: float(jnp.mean(psnr(jnp.broadcast_to((mean + 1) / 2, x.shape), (jnp.asarray(x) + 1) / 2)))
+      for label, x in sets.items() if x.shape[1:] == mean.shape}
   print(f"Tweedie one-step denoising PSNR (dB), {args.prior}, {args.count} images per split")
   print("| split | n | " + " | ".join(f"t={t} (sigma {s:.2f})" for t, s in
-                                        zip(TIMESTEPS, res["sigma"])) + " |")
-  print("|---|---|" + "---|" * len(TIMESTEPS))
+                                        zip(steps, res["sigma"])) + " |")
+  print("|---|---|" + "---|" * len(steps))
   for label, vals in res["psnr"].items():
     print(f"| {label} | {len(sets[label])} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+  print("PSNR of the training mean image (any t): " + ", ".join(
+      f"{k} {v:.2f}" for k, v in res["mean_image_psnr"].items()))
   if args.grid:
     from jaxir.train.trainer import sample_grid
     side = next(iter(sets.values())).shape[1]
