@@ -107,6 +107,7 @@ def restore(args) -> dict:
 
   from jaxir import io, metrics
   from jaxir.errors import ConfigError
+  from jaxir.parallel import batch_solver
   from jaxir.priors import load_prior
   from jaxir.tasks import TASKS, simulate, stack_operators
 
@@ -128,7 +129,7 @@ def restore(args) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   lp = metrics.lpips_params() if not args.measured else None
 
-  solve = jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, None, None)), static_argnums=4)
+  solve = batch_solver(fn)  # one jitted vmap, the batch split over all visible devices
   root = jax.random.key(args.seed)
   records, t_solve = [], 0.0
   batches = [paths[i:i + args.batch] for i in range(0, len(paths), args.batch)]
@@ -157,7 +158,7 @@ def restore(args) -> dict:
     if not bool(jnp.all(jnp.isfinite(x_hat))):
       raise FloatingPointError("the solver produced NaN/inf: lower the step size (--set lr=... "
                                "or --set scale=...) or check the input.")
-    x_hat = jnp.clip(x_hat, -1, 1)
+    x_hat = jnp.asarray(np.clip(jax.device_get(x_hat), -1, 1))  # off the mesh, on one device
     for j, p in enumerate(batch):
       stem = p.stem
       io.write_image(out / f"{stem}_restored.png", x_hat[j])
@@ -251,6 +252,24 @@ def main(argv=None) -> int:
   sub.add_parser("tasks", help="list the tasks")
   args = ap.parse_args(argv)
 
+  import os
+
+  from jaxir.parallel import host_device_flag
+  old_flags, flags = os.environ.get("XLA_FLAGS"), host_device_flag()
+  if flags is not None and args.command != "tasks":
+    # One host device per core, so batches split over cores (read when JAX starts its
+    # backends; no effect if they already run). Put back afterwards for callers in-process.
+    os.environ["XLA_FLAGS"] = flags
+  try:
+    return _run(args)
+  finally:
+    if old_flags is None:
+      os.environ.pop("XLA_FLAGS", None)
+    else:
+      os.environ["XLA_FLAGS"] = old_flags
+
+
+def _run(args) -> int:
   from jaxir.errors import JaxirError
   try:
     if args.command == "tasks":

@@ -20,7 +20,6 @@ References:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -38,6 +37,7 @@ from jaxir.diffusion.ddim import ddim_sample
 from jaxir.diffusion.respace import space_timesteps
 from jaxir.diffusion.schedule import get_schedule
 from jaxir.errors import CheckpointError, ConfigError
+from jaxir.parallel import data_mesh
 from jaxir.train import data as data_lib
 from jaxir.train.configs import TrainConfig
 
@@ -180,12 +180,6 @@ def diffusion_loss(apply_fn: Callable, params, x0, key, alphas_cumprod,
   elif weighting != "eps":
     raise ConfigError(f"weighting {weighting!r}; use 'eps' or 'truncated_snr'.")
   return jnp.mean(per_example)
-
-
-def data_mesh(devices=None) -> Mesh:
-  """A 1-D mesh with axis "data" over `devices` (default: all visible devices)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), ("data",))
 
 
 def make_train_step(config: TrainConfig, apply_fn: Callable, mesh: Mesh | None = None,

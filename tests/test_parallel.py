@@ -1,0 +1,96 @@
+"""Data parallelism (jaxir.parallel): a batch split over 4 host devices gives the
+same restorations as one device, including a batch that needs padding."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxir.errors import ShapeError
+from jaxir.parallel import batch_solver, pad_batch
+
+_SCRIPT = r"""
+import functools, json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jaxir.operators.inpaint import Inpaint
+from jaxir.parallel import batch_solver, data_mesh
+from jaxir.priors.analytic import gaussian_prior, sample_prior
+from jaxir.solvers.dcdp import DCDPConfig, dcdp
+from jaxir.tasks import stack_operators
+
+H = 8
+ii, jj = np.meshgrid(np.arange(H), np.arange(H), indexing="ij")
+p = np.stack([ii.ravel(), jj.ravel()], 1)
+cov = 0.04 * np.exp(-((p[:, None] - p[None]) ** 2).sum(-1) / 8.0) + 1e-4 * np.eye(H * H)
+prior = gaussian_prior(np.full((H, H, 1), 0.3, np.float32), cov)
+cfg = DCDPConfig(K=3, tau=5, lr=0.5, T0=200)
+n = 5  # not a multiple of 4: padded, then trimmed
+rng = np.random.default_rng(0)
+masks = (rng.uniform(size=(n, H, H, 1)) > 0.4).astype(np.float32)
+ops = stack_operators([Inpaint((H, H, 1), m) for m in masks])
+xs = sample_prior(jax.random.key(1), prior, n)
+ys = masks * xs
+keys = jax.random.split(jax.random.key(2), n)
+out = {"devices": len(jax.devices())}
+for name, devs in (("mesh4", jax.devices()), ("mesh1", jax.devices()[:1])):
+  x, info = batch_solver(dcdp, data_mesh(devs))(keys, ys, ops, prior, cfg)
+  out[name] = np.asarray(x).tolist()
+  out[name + "_nfe"] = np.asarray(info.nfe).tolist()
+  out[name + "_shards"] = len(x.sharding.device_set)
+from jaxir.errors import ShapeError
+from jaxir.parallel import shard_batch
+try:
+  shard_batch(ys)  # 5 images over 4 devices, unpadded
+except ShapeError as e:
+  out["unpadded_error"] = str(e)
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_sharded_batch_solve_matches_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.split("RESULT")[-1])
+  assert out["devices"] == 4 and out["mesh4_shards"] == 4 and out["mesh1_shards"] == 1
+  a, b = np.asarray(out["mesh4"]), np.asarray(out["mesh1"])
+  assert a.shape == b.shape == (5, 8, 8, 1)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+  assert out["mesh4_nfe"] == out["mesh1_nfe"]
+  assert "pad it first" in out.get("unpadded_error", "")
+
+
+def test_pad_batch_repeats_the_last_item_and_keys_pad():
+  keys = jax.random.split(jax.random.key(0), 3)
+  (k, y), n = pad_batch((keys, np.arange(6.0).reshape(3, 2)), 4)
+  assert n == 3 and k.shape == (4,) and y.shape == (4, 2)
+  np.testing.assert_array_equal(np.asarray(y[3]), [4.0, 5.0])
+  assert np.array_equal(jax.random.key_data(k[3]), jax.random.key_data(keys[2]))
+  same, n = pad_batch(np.zeros((4, 2)), 2)
+  assert n == 4 and same.shape == (4, 2)
+
+
+def test_mismatched_batch_axes_are_refused():
+  with pytest.raises(ShapeError, match="same leading"):
+    pad_batch((np.zeros((3, 2)), np.zeros((4, 2))), 2)
+  with pytest.raises(ShapeError, match="same leading"):
+    batch_solver(lambda k, y, op, p, c: (y, {}))(np.zeros(3), np.zeros((4, 2)), np.zeros(4),
+                                                  None, None)
+
+
+def test_host_device_flag_keeps_a_users_setting():
+  import os
+  from jaxir.parallel import host_device_flag
+  assert host_device_flag({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}) is None
+  cores = len(os.sched_getaffinity(0))
+  got = host_device_flag({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"})
+  if cores > 1:
+    assert got == ("--xla_cpu_enable_fast_math=false "
+                   f"--xla_force_host_platform_device_count={cores}")
+  else:
+    assert got is None
