@@ -98,7 +98,8 @@ def main(argv=None) -> int:
   from jaxir.metrics import psnr
   mean = jnp.mean(jnp.asarray(sets["train"]), axis=0)
   res["mean_image_psnr"] = {
-      label: float(jnp.mean(psnr(jnp.broadcast_to((mean + 1) / 2, x.shape), (jnp.asarray(x) + 1) / 2)))
+      label: float(jnp.mean(psnr(jnp.broadcast_to((mean + 1) / 2, x.shape),
+                                 (jnp.asarray(x) + 1) / 2)))
       for label, x in sets.items() if x.shape[1:] == mean.shape}
   print(f"Tweedie one-step denoising PSNR (dB), {args.prior}, {args.count} images per split")
   print("| split | n | " + " | ".join(f"t={t} (sigma {s:.2f})" for t, s in

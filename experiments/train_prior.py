@@ -33,7 +33,8 @@ def main(argv=None) -> int:
   ap.add_argument("--seed", type=int, default=None, help="override the config's seed")
   ap.add_argument("--batch-size", type=int, default=None, help="override the global batch")
   ap.add_argument("--init-from", default=None,
-                  help="fine-tune: start from a run directory's latest weights or an exported .safetensors")
+                  help="fine-tune: start from a run directory's latest weights or an "
+                  "exported .safetensors")
   ap.add_argument("--loss-weight", default=None, help="override: eps or truncated_snr")
   ap.add_argument("--export-name", default=None,
                   help="file stem of the export (default: the config's name)")

@@ -107,7 +107,7 @@ def restore(args) -> dict:
 
   from jaxir import io, metrics
   from jaxir.errors import ConfigError
-  from jaxir.parallel import batch_solver
+  from jaxir.parallel import batch_solver, replicate
   from jaxir.priors import load_prior
   from jaxir.tasks import TASKS, simulate, stack_operators
 
@@ -130,6 +130,8 @@ def restore(args) -> dict:
   lp = metrics.lpips_params() if not args.measured else None
 
   solve = batch_solver(fn)  # one jitted vmap, the batch split over all visible devices
+  if jax.device_count() > 1:
+    prior = replicate(prior)  # once, not per batch
   root = jax.random.key(args.seed)
   records, t_solve = [], 0.0
   batches = [paths[i:i + args.batch] for i in range(0, len(paths), args.batch)]

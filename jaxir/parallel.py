@@ -16,6 +16,7 @@ XLA_FLAGS already sets it; `host_device_flag` gives that flag.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import jax
@@ -35,7 +36,6 @@ def host_device_flag(environ=None) -> str | None:
   None when XLA_FLAGS already sets the host device count or one core is usable.
   It takes effect only if set before JAX initializes its backends.
   """
-  import os
   environ = os.environ if environ is None else environ
   flags = environ.get("XLA_FLAGS", "")
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -102,9 +102,11 @@ def batch_solver(solver: Callable, mesh: Mesh | None = None) -> Callable:
   (N,), ys (N, ...), `operators` one operator per image stacked along a first
   axis (`jaxir.tasks.stack_operators`), the prior and `config` shared. The
   batch is padded to a multiple of the device count (a batch smaller than the
-  mesh uses its first N devices), split over the mesh,
-  solved by one jitted `jax.vmap` (compiled once per shape and config) and
-  trimmed back to N. With one device this is exactly `jax.jit(jax.vmap(...))`.
+  mesh uses its first N devices), split over the mesh, solved by one jitted
+  `jax.vmap` (compiled once per shape and config) and trimmed back to N. The
+  prior is copied to every device on each call unless it already is
+  (`replicate(prior, mesh)` once, for a loop over batches). With one device
+  this is exactly `jax.jit(jax.vmap(...))`.
   """
   mesh = data_mesh() if mesh is None else mesh
   run = jax.jit(jax.vmap(solver, in_axes=(0, 0, 0, None, None)), static_argnums=4)

@@ -151,6 +151,8 @@ def _mnist32_ft() -> TrainConfig:
   # Fine-tunes a mnist32 run (--init-from) whose eps loss has plateaued: its x0 predictions at
   # t >= 700 were worse than the data's mean image, which gave samples coloured, saturated
   # backgrounds. Truncated-SNR weighting and a cosine decay; a fresh seed (new batches).
+  # Tried on the shipped mnist32 (2026-11-29): it helps at high noise but not enough; see
+  # checkpoints/README.md.
   return _mnist32().replace(name="mnist32_ft", num_steps=1000, learning_rate=5e-4,
                             warmup_steps=50, lr_schedule="cosine", loss_weight="truncated_snr",
                             seed=1, eval_every=250, sample_every=250)
