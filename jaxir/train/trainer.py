@@ -327,35 +327,37 @@ def checkpoint_manager(directory: str, config: TrainConfig) -> ocp.CheckpointMan
 def restore_or_init(mngr: ocp.CheckpointManager, config: TrainConfig, model,
                     mesh: Mesh | None = None) -> TrainState:
   """The latest checkpoint of `mngr` (replicated on the mesh), else a fresh state
-  (with params and EMA params from `config.init_from`'s latest checkpoint if set)."""
+  (params and EMA params from `config.init_from` if set: a run's latest
+  checkpoint or an exported `.safetensors`)."""
   mesh = data_mesh() if mesh is None else mesh
   repl = NamedSharding(mesh, P())
   init = _memo("init", config, mesh, model, lambda: jax.jit(
       lambda k: create_train_state(config, model, k), out_shardings=repl))
   key = jax.random.key(config.seed)
   step = mngr.latest_step()
-  if step is None and not config.init_from:
-    return init(key)
-  abstract = jax.eval_shape(init, key)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
-                          abstract)
-  if step is None and config.init_from.endswith(".safetensors"):  # fine-tune an exported prior
-    fresh = init(key)
-    params = _exported_params(config, fresh.params)
-    params = jax.device_put(params, repl)
+  if step is not None:
+    return _restore(mngr, step, _abstract_state(init, key, repl))
+  fresh = init(key)
+  if not config.init_from:
+    return fresh
+  # Fine-tuning: params and EMA params from elsewhere, step, optimizer and keys fresh.
+  if config.init_from.endswith(".safetensors"):  # an exported prior: EMA = params
+    params = jax.device_put(_exported_params(config, fresh.params), repl)
     return fresh.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
-  if step is None:  # fine-tuning: weights from another run, everything else fresh
-    src_dir = os.path.join(config.init_from, "checkpoints")
-    src = checkpoint_manager(src_dir, config)
-    src_step = src.latest_step()
-    if src_step is None:
-      raise CheckpointError(f"init_from {config.init_from!r} has no checkpoint under "
-                            f"{src_dir}; train that run first or fix the path.")
-    src_state = _restore(src, src_step, abstract)
-    src.close()
-    fresh = init(key)
-    return fresh.replace(params=src_state.params, ema_params=src_state.ema_params)
-  return _restore(mngr, step, abstract)
+  src_dir = os.path.join(config.init_from, "checkpoints")
+  src = checkpoint_manager(src_dir, config)
+  src_step = src.latest_step()
+  if src_step is None:
+    raise CheckpointError(f"init_from {config.init_from!r} has no checkpoint under "
+                          f"{src_dir}; train that run first or fix the path.")
+  src_state = _restore(src, src_step, _abstract_state(init, key, repl))
+  src.close()
+  return fresh.replace(params=src_state.params, ema_params=src_state.ema_params)
+
+
+def _abstract_state(init, key, sharding):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                      jax.eval_shape(init, key))
 
 
 def _exported_params(config: TrainConfig, like):
