@@ -14,7 +14,7 @@ import statistics
 import time
 from typing import Any, Callable, Sequence
 
-__all__ = ["Timing", "time_jax", "time_callable", "environment", "header_lines",
+__all__ = ["Timing", "time_jax", "time_callable", "time_interleaved", "environment", "header_lines",
            "markdown_table", "is_h100", "verdict", "fill_zero_leaves", "write_json", "cpu_cores"]
 
 
@@ -96,6 +96,27 @@ def time_callable(fn: Callable[[], Any], repeats: int = 10, warmup: int = 1) -> 
     out = fn()
     times.append(time.perf_counter() - t0)
   return _summary(times), out
+
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int = 10,
+                     warmup: int = 1) -> list[tuple[Timing, Any]]:
+  """Time zero-argument callables in alternating rounds (a, b, a, b, ...).
+
+  For side-by-side comparisons on a shared or throttled machine: a slow spell
+  then hits every callable alike instead of whichever ran during it, so the
+  ratio of medians is steadier than with back-to-back blocks. Each callable
+  must return when its work is done (block on jax results inside it).
+  """
+  outs = [None] * len(fns)
+  for _ in range(max(warmup, 0)):
+    outs = [fn() for fn in fns]
+  times = [[] for _ in fns]
+  for _ in range(max(repeats, 1)):
+    for i, fn in enumerate(fns):
+      t0 = time.perf_counter()
+      outs[i] = fn()
+      times[i].append(time.perf_counter() - t0)
+  return [(_summary(ts), out) for ts, out in zip(times, outs)]
 
 
 def _cpu_model() -> str:

@@ -21,8 +21,11 @@ Two suites:
   (all cores this process may use) unless `--threads` is given.
 
 Times exclude compilation (reported separately), follow warm-up runs and
-`block_until_ready`, and are medians over `--repeats` runs. XLA_FLAGS is
-printed in the header so runs with flags are labelled.
+`block_until_ready`, and are medians over `--repeats` runs; in the CPU
+comparison Flax and PyTorch runs alternate. XLA_FLAGS is printed in the header
+so runs with flags are labelled. Unless XLA_FLAGS already sets a YNN fusion
+type, the script adds `--xla_cpu_experimental_ynn_fusion_type=reduce` (XLA CPU
+then uses YNNPACK for reductions only; `--xla-defaults` leaves XLA's defaults).
 
 Run on a GPU machine (with a CUDA build of jax installed):
 
@@ -38,12 +41,15 @@ On CPU (the comparison with PyTorch needs torch and guided-diffusion-sdk):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 import numpy as np
 
 from _bench import (cpu_cores, environment, fill_zero_leaves, header_lines, is_h100,
-                    markdown_table, time_callable, time_jax, verdict, write_json)
+                    markdown_table, time_interleaved, time_jax, verdict,
+                    write_json)
 
 # Issue's upstream reference: guided-diffusion UNetModel, FFHQ-256 DPS config,
 # eager PyTorch float32/TF32 on one H100 (ms per batch).
@@ -58,6 +64,12 @@ CPU64_UPSTREAM = dict(
     learn_sigma=True, class_cond=False, use_checkpoint=False, attention_resolutions="16,8",
     num_heads=4, num_head_channels=64, num_heads_upsample=-1, use_scale_shift_norm=True,
     dropout=0.0, resblock_updown=True, use_fp16=False, use_new_attention_order=False)
+
+
+# XLA CPU: YNNPACK for reductions only (convolutions back on Eigen, which kept
+# both cores busy). 64x64 ADM, batch 8, 2-core Xeon, 2 threads: 1093 ms with
+# XLA's defaults, 669-781 ms with this flag (README). The GPU client ignores it.
+CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=reduce"
 
 
 def _ints(s: str) -> list[int]:
@@ -75,6 +87,9 @@ def _parse(argv):
   ap.add_argument("--ffhq", action="store_true",
                   help="run the FFHQ-256 suite even on CPU (then the CPU comparison runs only "
                        "with --cpu-compare)")
+  ap.add_argument("--xla-defaults", action="store_true",
+                  help=f"do not add {CPU_FLAG} to XLA_FLAGS (it is added unless XLA_FLAGS "
+                       "already sets ynn_fusion_type)")
   ap.add_argument("--cpu-compare", action="store_true",
                   help="run the Flax-vs-PyTorch CPU suite also when a GPU is present or --ffhq "
                        "is given")
@@ -278,15 +293,23 @@ def cpu_compare_suite(args) -> dict:
     rows = []
     for b in args.cpu_batches:
       x, t = _inputs(key, b, size, cfg.in_channels)
-      tj, out_j = time_jax(fwd, params, x, t, repeats=args.repeats, warmup=args.warmup)
       xt = torch.from_numpy(np.array(np.transpose(np.asarray(x), (0, 3, 1, 2))))
       tt = torch.from_numpy(np.asarray(t).astype(np.int64))
+      t0 = time.perf_counter()
+      compiled = jax.jit(fwd).lower(params, x, t).compile()
+      compile_s = time.perf_counter() - t0
+
+      def run_flax():
+        return jax.block_until_ready(compiled(params, x, t))
 
       def run_torch():
         with torch.inference_mode():
           return tmodel(xt, tt)
 
-      tt_, out_t = time_callable(run_torch, repeats=args.repeats, warmup=args.warmup)
+      # Alternating rounds: a slow spell of this shared CPU hits both alike.
+      (tj, out_j), (tt_, out_t) = time_interleaved([run_flax, run_torch], repeats=args.repeats,
+                                                    warmup=args.warmup)
+      tj.compile_s = compile_s
       out_t = np.transpose(out_t.numpy(), (0, 2, 3, 1))
       out_j = np.asarray(out_j)
       diff = float(np.max(np.abs(out_j - out_t)))
@@ -302,7 +325,8 @@ def cpu_compare_suite(args) -> dict:
   lines += header_lines(env)
   lines += [f"- torch {torch.__version__}, {torch.get_num_threads()} threads, eager float32, "
             "inference_mode; JAX CPU client uses all cores of the process",
-            f"- repeats {args.repeats} (median), warm-up {args.warmup}", ""]
+            f"- repeats {args.repeats} (median; Flax and PyTorch runs alternate), warm-up "
+            f"{args.warmup}", ""]
   head = ["batch", "flax ms", "torch ms", "torch / flax", "flax ms / image", "compile s",
           "max abs diff", "max abs output"]
   lines.append(markdown_table(head, [
@@ -323,6 +347,10 @@ def cpu_compare_suite(args) -> dict:
 
 def main(argv=None) -> int:
   args = _parse(argv)
+  flags = os.environ.get("XLA_FLAGS", "")
+  if not args.xla_defaults and "ynn_fusion_type" not in flags:
+    # Read when JAX starts its CPU client, so set before jax is imported.
+    os.environ["XLA_FLAGS"] = f"{flags} {CPU_FLAG}".strip()
   import jax
   env = environment()
   on_gpu = jax.default_backend() != "cpu"

@@ -38,3 +38,17 @@ def test_module_params_and_dtype():
   assert y.dtype == jnp.bfloat16
   ref = _reference(np.asarray(x, np.float32), 1.0, 0.0, 32, 1e-5)
   np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=2e-2)
+
+
+@pytest.mark.parametrize("offset", [30.0, 300.0])
+def test_group_norm_error_with_a_large_mean_stays_at_input_rounding(offset):
+  # The output is x * a + (bias - mean * a): its rounding error grows like
+  # eps32 * |mean| / std, the same order as float32's own spacing of x there.
+  rng = np.random.default_rng(1)
+  x = (rng.standard_normal((2, 8, 8, 64)) + offset).astype(np.float32)
+  scale = rng.standard_normal(64).astype(np.float32)
+  bias = rng.standard_normal(64).astype(np.float32)
+  got = jax.jit(group_norm, static_argnums=(3, 4))(x, scale, bias, 32, 1e-5)
+  err = np.abs(np.asarray(got) - _reference(x, scale, bias, 32, 1e-5)).max()
+  spacing = np.spacing(np.float32(offset))  # float32 step of x near its mean (std is 1)
+  assert err <= 8 * spacing * np.abs(scale).max(), (err, spacing)

@@ -274,10 +274,13 @@ class AttentionBlock(nn.Module):
     else:
       qkv = qkv.reshape(n, hh * ww, heads, 3, ch)
       q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+    # Heads-major (N, heads, T, ch) operands: with the token axis in the
+    # middle, XLA CPU ran this block 3-4x slower (16x16, batch 8: 15 vs 4 ms).
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
     scale = 1 / math.sqrt(math.sqrt(ch))
-    w = jnp.einsum("nthc,nshc->nhts", q * scale, k * scale)
+    w = jnp.einsum("nhtc,nhsc->nhts", q * scale, k * scale)
     w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(w.dtype)
-    a = jnp.einsum("nhts,nshc->nthc", w, v).reshape(n, hh * ww, c)
+    a = jnp.swapaxes(jnp.einsum("nhts,nhsc->nhtc", w, v), 1, 2).reshape(n, hh * ww, c)
     a = nn.Conv(c, (1,), dtype=self.dtype, param_dtype=jnp.float32, name="proj_out")(a)
     return (h + a).reshape(n, hh, ww, c)
 
