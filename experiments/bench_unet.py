@@ -67,8 +67,8 @@ CPU64_UPSTREAM = dict(
 
 
 # XLA CPU: YNNPACK for reductions only (convolutions back on Eigen, which kept
-# both cores busy). 64x64 ADM, batch 8, 2-core Xeon, 2 threads: 1093 ms with
-# XLA's defaults, 669-781 ms with this flag (README). The GPU client ignores it.
+# both cores busy). 64x64 ADM, batch 8, 2-core Xeon, 2 threads: 1178 ms with
+# XLA's defaults, 804-958 ms with this flag (README). The GPU client ignores it.
 CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=reduce"
 
 
