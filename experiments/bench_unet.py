@@ -48,8 +48,7 @@ import time
 import numpy as np
 
 from _bench import (cpu_cores, environment, fill_zero_leaves, header_lines, is_h100,
-                    markdown_table, time_interleaved, time_jax, verdict,
-                    write_json)
+                    markdown_table, time_interleaved, time_jax, verdict, write_json)
 
 # Issue's upstream reference: guided-diffusion UNetModel, FFHQ-256 DPS config,
 # eager PyTorch float32/TF32 on one H100 (ms per batch).
