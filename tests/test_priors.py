@@ -113,7 +113,7 @@ def test_gmm_eps_is_scaled_score_of_marginal(diag):
   """eps = -sqrt(1 - a) grad log p_t, p_t a closed-form mixture (autodiff reference)."""
   means, variances, weights = make_gmm(diag=diag)
   prior = gmm_prior(means, variances, weights)
-  k, shape = means.shape[0], means.shape[1:]
+  k = means.shape[0]
   var_full = np.broadcast_to(variances.reshape((k,) + (1,) * 3) if not diag else variances,
                              means.shape).reshape(k, -1)
   logw = np.log(weights / weights.sum())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax.numpy as jnp
 from flax import struct
 
 from jaxir.diffusion.ddim import split_eps, x0_from_eps
