@@ -24,6 +24,12 @@ def main(argv=None) -> int:
   ap.add_argument("--config", required=True, help="mnist32, natural64, *_gpu or tiny")
   ap.add_argument("--workdir", required=True, help="run directory (resumed if it exists)")
   ap.add_argument("--steps", type=int, default=None, help="total steps (default: config's)")
+  ap.add_argument("--num-steps", type=int, default=None,
+                  help="override the config's num_steps (the cosine schedule's length); "
+                  "--steps defaults to it")
+  ap.add_argument("--log-every", type=int, default=None, help="override the log interval")
+  ap.add_argument("--sample-every", type=int, default=None,
+                  help="override the sample-grid interval (0: no grids)")
   ap.add_argument("--time-budget-min", type=float, default=None,
                   help="stop (after checkpointing) once this many minutes have passed")
   ap.add_argument("--export", default=None,
@@ -49,6 +55,9 @@ def main(argv=None) -> int:
   over = {k: v for k, v in (("seed", args.seed), ("batch_size", args.batch_size),
                             ("init_from", args.init_from), ("loss_weight", args.loss_weight))
           if v is not None}
+  for field in ("num_steps", "log_every", "sample_every"):
+    if getattr(args, field) is not None:
+      over[field] = getattr(args, field)
   cfg = cfg.replace(**over)
   total = cfg.num_steps if args.steps is None else args.steps
   budget = None if args.time_budget_min is None else 60.0 * args.time_budget_min

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from jaxir.errors import ConfigError
 from jaxir.train import configs, data, trainer
@@ -280,11 +281,17 @@ def test_configs_match_guided_diffusion_param_counts():
         cfg.to_json())
   for name in ("mnist32", "natural64"):  # the shipped CPU priors
     cfg = configs.get_config(name)
-    s = cfg.image_size
+    s, c = cfg.image_size, cfg.channels
     model = trainer.build_model(cfg)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3)),
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, c)),
                             jnp.zeros((1,), jnp.int32))
-    torch_n = sum(p.numel() for p in create_model(**cfg.model).parameters())
+    kw = {k: v for k, v in cfg.model.items() if k != "in_channels"}
+    torch_model = create_model(**kw)
+    if c != 3:  # create_model fixes 3 channels; UNetModel(in_channels=c) swaps these convs
+      ch = torch_model.input_blocks[0][0].out_channels
+      torch_model.input_blocks[0][0] = torch.nn.Conv2d(c, ch, 3, padding=1)
+      torch_model.out[2] = torch.nn.Conv2d(ch, c, 3, padding=1)
+    torch_n = sum(p.numel() for p in torch_model.parameters())
     assert count_params(shapes) == torch_n, name
 
 

