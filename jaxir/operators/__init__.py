@@ -1,4 +1,5 @@
 """Forward operators: one pytree interface (A, AT, pinv, SVD form), one image per call."""
+from jaxir.operators import blind
 from jaxir.operators.base import LinearOperator, Operator, SVDOperator, adjoint_error, cg
 from jaxir.operators.blur import Blur, CircularBlur, gaussian_blur, motion_blur
 from jaxir.operators.kernels import (gaussian_kernel, kernel_from_logits, kernel_to_logits,
@@ -7,11 +8,13 @@ from jaxir.operators.kernels import (gaussian_kernel, kernel_from_logits, kernel
 from jaxir.operators.color import DDRM_GRAY_WEIGHTS, Colorization
 from jaxir.operators.denoise import Identity
 from jaxir.operators.inpaint import Inpaint, box_mask, random_mask
-from jaxir.operators.noise import gaussian_noise, poisson_noise
+from jaxir.operators.blind import BlindBlur, BlindDenoise, BlindSR, NonBlind
+from jaxir.operators.noise import bird_noise, gaussian_noise, poisson_noise
 from jaxir.operators.phase_retrieval import PhaseRetrieval
 from jaxir.operators.superres import AvgPoolSR, BicubicSR, resizer_matrix
 
 __all__ = ["Operator", "LinearOperator", "SVDOperator", "adjoint_error", "cg",
+           "blind", "BlindBlur", "BlindSR", "BlindDenoise", "NonBlind", "bird_noise",
            "Blur", "CircularBlur", "gaussian_blur", "motion_blur", "PhaseRetrieval",
            "gaussian_kernel", "motion_kernel", "motion_trajectory", "trajectory_kernel",
            "kernel_from_logits", "kernel_to_logits", "validate_kernel",

@@ -3,6 +3,8 @@
 References:
   Chung et al., DPS, ICLR 2023; `guided_diffusion/measurements.py`
     (GaussianNoise, PoissonNoise).
+  Chihaoui et al., BIRD, NeurIPS 2024; hamadichihaoui/BIRD `utils.py`
+    (generate_blurry_image, generate_lr_image: the speckle-plus-Gaussian model).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import jax.numpy as jnp
 from jaxir.checks import is_concrete
 from jaxir.errors import ConfigError
 
-__all__ = ["gaussian_noise", "poisson_noise"]
+__all__ = ["gaussian_noise", "poisson_noise", "bird_noise"]
 
 
 def gaussian_noise(key, y, sigma):
@@ -54,3 +56,34 @@ def poisson_noise(key, y, rate):
   lam = jnp.clip((y.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0) * scale
   counts = jax.random.poisson(key, lam, y.shape).astype(jnp.float32)
   return jnp.clip(counts / scale * 2.0 - 1.0, -1.0, 1.0).astype(y.dtype)
+
+
+def bird_noise(key, y, speckle=0.096, sigma=0.01):
+  """BIRD's measurement noise (official blur, SR and inpainting experiments).
+
+  On the [0, 1] scale u = (y + 1) / 2 the official code draws
+  0.8 (u + 0.12 u g) + 0.2 (u + 0.05 n) = u (1 + 0.096 g) + 0.01 n with g, n
+  independent standard normals (signal-dependent speckle plus white noise),
+  then maps back by 2 u' - 1, without clipping. On jaxir's [-1, 1] scale the
+  result is y + 2 (speckle u g + sigma n): the standard deviations double
+  (0.02 for the white part), and the speckle grows with the brightness u.
+
+  Args:
+    key: `jax.random` key (split into the two draws).
+    y: clean measurement in [-1, 1], any shape.
+    speckle: multiplicative std on the [0, 1] scale (official 0.8 * 0.12 = 0.096).
+    sigma: additive std on the [0, 1] scale (official 0.2 * 0.05 = 0.01).
+
+  Returns:
+    Noisy array, shape and dtype of `y` (not clipped, as upstream).
+  """
+  for name, v in (("speckle", speckle), ("sigma", sigma)):
+    if is_concrete(v) and not v >= 0:
+      raise ConfigError(f"{name}={v!r} must be >= 0 (a std on the [0, 1] scale).")
+  y = jnp.asarray(y)
+  kg, kn = jax.random.split(key)
+  u = (y + 1.0) / 2.0
+  g = jax.random.normal(kg, y.shape, y.dtype)
+  n = jax.random.normal(kn, y.shape, y.dtype)
+  u = u * (1.0 + jnp.asarray(speckle, y.dtype) * g) + jnp.asarray(sigma, y.dtype) * n
+  return (2.0 * u - 1.0).astype(y.dtype)
