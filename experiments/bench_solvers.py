@@ -44,6 +44,11 @@ SOLVER_NAMES = ("dcdp_ddim", "dcdp_tweedie", "dps")
 TARGET_OVERHEAD = 1.15
 TARGET_DCDP_B1_S_PER_IMAGE = 2.0
 TARGET_DCDP_B16_IMAGES_PER_S = 4.0
+# BIRD (issue 16), opt-in with --solvers ...,bird: blind deblurring with the official
+# MLP kernel (41x41 at 256 px, scaled with the image) and the 100-iteration preset.
+OPTIONAL_SOLVERS = ("bird",)
+TARGET_BIRD_OVERHEAD = 1.3
+TARGET_BIRD_B1_S_PER_IMAGE = 8.0
 
 
 def _ints(s: str) -> list[int]:
@@ -67,8 +72,15 @@ def _parse(argv):
                   help=f"DCDP tasks (default {','.join(TASK_NAMES)}; any jaxir.tasks name)")
   ap.add_argument("--dps-tasks", type=_names, default=["sr4"],
                   help="tasks DPS runs on (default sr4)")
+  ap.add_argument("--bird-tasks", type=_names, default=["gaussian_deblur"],
+                  help="tasks BIRD runs on, blind, with the MLP kernel (default gaussian_deblur)")
+  ap.add_argument("--bird-iterations", type=int, default=None,
+                  help="BIRD iterations (default 100, the blind_deblur preset; lower it on CPU)")
   ap.add_argument("--dps-steps", type=int, default=None,
                   help="DPS respaced steps (default 1000, the DPS configs; lower it on CPU)")
+  ap.add_argument("--deqir-T", type=_ints, default=None,
+                  help="also time DeqIR (Anderson) vs sequential DDNM at these T, e.g. 25,50,100, "
+                       "with the device cost model (experiments/bench_deqir.py)")
   ap.add_argument("--batch-sizes", type=_ints, default=None, help="default 1,16")
   ap.add_argument("--model", choices=("auto", "ffhq256", "small"), default="auto",
                   help="random-weight U-Net: ffhq256 (the ffhq256_dps config at 256x256), "
@@ -103,7 +115,7 @@ def _parse(argv):
   pick("mult", "1,2", "1,2,2,2")
   pick("res_blocks", 1, 2)
   pick("attention", "", "16,8")
-  bad = sorted(set(args.solvers) - set(SOLVER_NAMES))
+  bad = sorted(set(args.solvers) - set(SOLVER_NAMES) - set(OPTIONAL_SOLVERS))
   if bad:
     ap.error(f"unknown solvers {bad}; choose from {SOLVER_NAMES}")
   return args
@@ -162,6 +174,8 @@ def _solver(name, task, args):
   from jaxir.solvers.dps import dps, dps_preset
   from jaxir.tasks import TASKS
   t = TASKS[task]
+  if name == "bird":
+    return _bird_solver(args)
   if name == "dcdp_ddim":
     cfg = dcdp_preset(t.dcdp_preset)
     return dcdp, cfg, t.dcdp_preset, dcdp_nfe(cfg)
@@ -170,6 +184,25 @@ def _solver(name, task, args):
     return dcdp, cfg, t.dcdp_preset + "+tweedie", dcdp_nfe(cfg)
   cfg = dps_preset(t.dps_preset, num_steps=args.dps_steps)
   return dps, cfg, f"{t.dps_preset} ({args.dps_steps} steps)", None
+
+
+def _bird_solver(args):
+  """BIRD as a (key, y, operator, prior, config) solver: blind, MLP kernel scaled from 41/256."""
+  import jax
+
+  from jaxir.operators.blind import BlindBlur, mlp_kernel
+  from jaxir.solvers.bird import bird, bird_nfe, bird_preset
+  cfg = bird_preset("blind_deblur")
+  if args.bird_iterations:
+    cfg = bird_preset("blind_deblur", iterations=args.bird_iterations)
+
+  def solve(key, y, op, prior, cfg):
+    side = op.in_shape[0]
+    size = max(3, int(round(41 * side / 256)) | 1)
+    deg = BlindBlur(op.in_shape, mlp_kernel(jax.random.key(0), size))
+    return bird(key, y, deg, prior, cfg)
+
+  return solve, cfg, f"blind_deblur ({cfg.iterations} it)", bird_nfe(cfg)
 
 
 def _unet_time(prior, shape, batch, backward, args, cache):
@@ -210,7 +243,7 @@ def main(argv=None) -> int:
 
   jobs = []
   for s in args.solvers:
-    for task in (args.dps_tasks if s == "dps" else args.tasks):
+    for task in (args.dps_tasks if s == "dps" else args.bird_tasks if s == "bird" else args.tasks):
       if task not in TASKS:
         raise SystemExit(f"unknown task {task!r}; choose from {sorted(TASKS)}")
       jobs.append((s, task))
@@ -274,8 +307,18 @@ def main(argv=None) -> int:
 
   kind = env["device_kind"] if judged else f"{env['device_kind']} / {desc.split(',')[0]}"
   targets = []
-  if rows:
-    worst = max(rows, key=lambda r: r["overhead"])
+  for r in rows:
+    if r["solver"] == "bird":
+      targets.append([f"BIRD {r['task']} b{r['batch']}: overhead <= {TARGET_BIRD_OVERHEAD}",
+                      f"{r['overhead']:.2f}", verdict(r["overhead"] <= TARGET_BIRD_OVERHEAD,
+                                                      judged, kind)])
+      if r["batch"] == 1:
+        targets.append([f"BIRD {r['task']}: <= {TARGET_BIRD_B1_S_PER_IMAGE:g} s / image at batch 1",
+                        f"{r['s_per_image']:.3f} s",
+                        verdict(r["s_per_image"] <= TARGET_BIRD_B1_S_PER_IMAGE, judged, kind)])
+  rows_nb = [r for r in rows if r["solver"] != "bird"]
+  if rows_nb:
+    worst = max(rows_nb, key=lambda r: r["overhead"])
     targets.append([f"overhead <= {TARGET_OVERHEAD} (every row)",
                     f"max {worst['overhead']:.2f} ({worst['solver']} {worst['task']} "
                     f"b{worst['batch']})",
@@ -291,12 +334,17 @@ def main(argv=None) -> int:
       targets.append([f"DCDP DDIM {r['task']}: >= {TARGET_DCDP_B16_IMAGES_PER_S:g} images / s "
                       "at batch 16", f"{r['images_per_s']:.2f} images / s",
                       verdict(r["images_per_s"] >= TARGET_DCDP_B16_IMAGES_PER_S, judged, kind)])
+  deqir_rows = []
+  if args.deqir_T:  # DeqIR section (issue 15): parallel vs sequential and the cost model
+    from bench_deqir import deqir_section
+    deqir_lines, deqir_rows = deqir_section(prior, shape, args)
+    lines += [""] + deqir_lines
   lines += ["", "Targets (H100, FFHQ-256 model):", "",
             markdown_table(["target", "measured", "verdict"], targets)]
   print("\n".join(lines), flush=True)
   if args.json:
     write_json(args.json, {"args": vars(args), "env": env, "model": desc, "notes": notes,
-                           "targets_judged": judged, "rows": rows,
+                           "targets_judged": judged, "rows": rows, "deqir_rows": deqir_rows,
                            "targets": [dict(zip(["target", "measured", "verdict"], t))
                                        for t in targets]})
     print(f"\nwrote {args.json}")

@@ -196,9 +196,6 @@ def test_bad_inputs(problem):
          prior, SMALL)
   with pytest.raises(ShapeError, match="one latent"):
     generate(prior, jnp.zeros((1, H, H, 1)), SMALL)
-  custom = prior.replace(schedule=prior.schedule.replace(name="custom"))
-  with pytest.raises(ConfigError, match="named schedule"):
-    generate(custom, jnp.zeros((H, H, 1)), SMALL)
   assert bird_mod.bird is bird
 
 

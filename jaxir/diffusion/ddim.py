@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxir.diffusion.schedule import beta_schedule, respaced_alphas_cumprod
+from jaxir.diffusion.schedule import Schedule, beta_schedule, respaced_alphas_cumprod
 from jaxir.errors import ConfigError, ShapeError
 
 __all__ = ["q_sample", "x0_from_eps", "eps_from_x0", "split_eps", "ddim_step",
@@ -49,71 +49,133 @@ def split_eps(model_out, channels: int):
   return model_out[..., :channels]
 
 
-def ddim_step(x_t, eps, abar_t, abar_prev, *, eta=0.0, noise=None, clip=True):
+def ddim_step(x_t, eps, abar_t, abar_prev, *, eta=0.0, noise=None, clip=True, x0_fn=None,
+              keep_eps=False, etw=None):
   """One DDIM update from abar_t to abar_prev.
+
+  x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), optionally clipped to
+  [-1, 1] and then corrected by `x0_fn` (data consistency, e.g. DDNM's range-space
+  projection). The update is
+
+    x_prev = sqrt(abar_prev) x0_hat + c_eps eps' + c_noise noise,
+
+  with, by default (guided-diffusion's DDIM, eq. 12 of Song et al.), eps' the eps
+  implied by x_t and the final x0_hat, sigma = eta sqrt((1 - abar_prev) /
+  (1 - abar_t)) sqrt(1 - abar_t / abar_prev), c_eps = sqrt(1 - abar_prev -
+  sigma^2), c_noise = sigma. With `etw` given (DDNM / DeqIR weighting),
+  c_eps = sqrt(1 - abar_prev) sqrt(1 - etw^2) and c_noise = sqrt(1 - abar_prev) eta
+  (eta is then DeqIR's `nw`; DDNM's simplified sampler has etw = eta).
 
   Args:
     x_t: (..., H, W, C) current state.
     eps: predicted noise, same shape.
     abar_t, abar_prev: scalars (or broadcastable arrays), alphas_cumprod at the
       current and next (less noisy) step; abar_prev = 1 at the last step.
-    eta: DDIM stochasticity (0 deterministic, 1 DDPM-like).
+    eta: DDIM stochasticity (0 deterministic, 1 DDPM-like); with `etw`, the
+      noise weight.
     noise: standard normal draw of x_t's shape; needed when eta > 0.
-    clip: clip x0_hat to [-1, 1] and recompute eps from it (guided-diffusion's
-      `clip_denoised`).
+    clip: clip x0_hat to [-1, 1] (guided-diffusion's `clip_denoised`).
+    x0_fn: optional map x0_hat -> x0_hat' applied after the clip (same shape).
+    keep_eps: False (default): eps' is recomputed from the final x0_hat, as
+      guided-diffusion does after clipping. True: eps' = eps, the model's own
+      prediction (DDNM: `xt_next = sqrt(at_next) x0_t_hat + c2 et`).
+    etw: None (default) for the DDIM weights above, or DDNM/DeqIR's eps weight.
 
   Returns:
-    (x_prev, x0_hat).
+    (x_prev, x0_hat): the next state and the final (clipped, corrected) x0_hat.
+
+  References:
+    Song, Meng, Ermon, DDIM, ICLR 2021, eq. 12.
+    Wang, Yu, Zhang, "Zero-Shot Image Restoration Using Denoising Diffusion
+      Null-Space Model" (DDNM), ICLR 2023, eq. 13-14; wyhuai/DDNM
+      `functions/svd_ddnm.py`; caojiezhang/DeqIR `runners/diffusion.py`
+      (`get_additional_anderson_args_sr`: c1, c2 from `nw`, `etw`).
   """
   x0 = x0_from_eps(x_t, eps, abar_t)
   if clip:
     x0 = jnp.clip(x0, -1.0, 1.0)
-  eps = eps_from_x0(x_t, x0, abar_t)
-  sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * jnp.sqrt(1.0 - abar_t / abar_prev)
-  x_prev = x0 * jnp.sqrt(abar_prev) + jnp.sqrt(1.0 - abar_prev - sigma ** 2) * eps
+  if x0_fn is not None:
+    x0 = x0_fn(x0)
+  if not keep_eps:
+    eps = eps_from_x0(x_t, x0, abar_t)
+  if etw is None:
+    sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * jnp.sqrt(1.0 - abar_t / abar_prev)
+    c_eps = jnp.sqrt(1.0 - abar_prev - sigma ** 2)
+  else:
+    sigma = eta * jnp.sqrt(1.0 - abar_prev)
+    c_eps = jnp.sqrt(1.0 - abar_prev) * jnp.sqrt(1.0 - etw ** 2)
+  x_prev = x0 * jnp.sqrt(abar_prev) + c_eps * eps
   if noise is not None:
     x_prev = x_prev + sigma * noise
   return x_prev, x0
 
 
-def ddim_tables(timesteps, *, num_timesteps: int = 1000, schedule: str = "linear"):
+def ddim_tables(timesteps, *, num_timesteps: int = 1000, schedule="linear"):
   """Static tables of a respaced DDIM chain, as guided-diffusion's SpacedDiffusion.
+
+  Args:
+    timesteps: the kept original timesteps (any order, distinct).
+    num_timesteps: length of the original process (named schedules only).
+    schedule: a schedule name ("linear", "cosine"): alphas_cumprod recomputed
+      in float64 as SpacedDiffusion does; or a `Schedule`: its own float32
+      alphas_cumprod read at the kept steps (may be traced, e.g. a prior's).
 
   Returns:
     (t_model, abar, abar_prev): int32 (S,) original timesteps given to the model,
     float32 (S,) respaced alphas_cumprod and its predecessor (1 before the first),
     all in ascending time order.
   """
+  if isinstance(schedule, Schedule):
+    num_timesteps = schedule.num_timesteps
   ts = sorted(int(t) for t in timesteps)
   if not ts or ts[0] < 0 or ts[-1] >= num_timesteps or len(set(ts)) != len(ts):
     raise ConfigError(f"timesteps must be distinct integers in [0, {num_timesteps}); got {ts[:8]}...")
+  t_model = np.asarray(ts, np.int32)
+  if isinstance(schedule, Schedule):
+    ac = jnp.asarray(schedule.alphas_cumprod, jnp.float32)[t_model]
+    return t_model, ac, jnp.concatenate([jnp.ones((1,), jnp.float32), ac[:-1]])
   base = np.cumprod(1.0 - beta_schedule(schedule, num_timesteps))
   ac = respaced_alphas_cumprod(base, ts)
   prev = np.append(1.0, ac[:-1])
-  return (np.asarray(ts, np.int32), ac.astype(np.float32), prev.astype(np.float32))
+  return (t_model, ac.astype(np.float32), prev.astype(np.float32))
 
 
 def ddim_sample(model_fn: Callable, x_T, timesteps, *, eta: float = 0.0,
                 clip_denoised: bool = True, key=None, num_timesteps: int = 1000,
-                schedule: str = "linear"):
+                schedule="linear", x0_fn: Callable | None = None, keep_eps: bool = False,
+                etw=None, noise=None):
   """Run a respaced DDIM chain from x_T down to x_0 in one `lax.scan`.
+
+  Every step is `ddim_step`; a data-consistency map enters as `x0_fn`, so DDNM
+  (range-space correction, `keep_eps=True`, `etw`) and DCDP's purification (clip
+  only) are this loop with different arguments.
 
   Args:
     model_fn: `model_fn(x, t)` with x (N, H, W, C) and t int32 (N,) original
       timesteps; returns the raw model output (C or 2C channels).
     x_T: (N, H, W, C) starting noise.
     timesteps: the kept original timesteps (e.g. `space_timesteps(1000, "ddim10")`).
-    eta: DDIM eta; eta > 0 needs `key`.
+    eta: DDIM eta (with `etw`: the noise weight); eta > 0 needs `key` or `noise`.
     clip_denoised: clip x0 to [-1, 1] at every step.
     key: `jax.random` key for the eta > 0 noise (one draw per step).
-    num_timesteps, schedule: the original process.
+    num_timesteps, schedule: the original process: a schedule name (alphas
+      recomputed in float64 over `num_timesteps`) or a `Schedule` (its own
+      alphas, e.g. `prior.schedule`; `num_timesteps` is then ignored).
+    x0_fn: optional `x0_fn(x0_hat, t) -> x0_hat'` with x0_hat (N, H, W, C) and t
+      the int32 scalar timestep of the step, applied after the clip.
+    keep_eps, etw: passed to `ddim_step` (DDNM weighting; defaults: guided-diffusion).
+    noise: optional (N, H, W, C) standard normal draw used at EVERY step instead
+      of fresh draws from `key` (DeqIR's convention, which keeps the chain a
+      deterministic function of x_T).
 
   Returns:
     (N, H, W, C) sample x_0.
   """
   if x_T.ndim != 4:
     raise ShapeError(f"x_T has shape {x_T.shape}; expected (N, H, W, C).")
-  if eta != 0.0 and key is None:
+  if noise is not None and tuple(noise.shape) != tuple(x_T.shape):
+    raise ShapeError(f"noise has shape {tuple(noise.shape)}; expected x_T's {tuple(x_T.shape)}.")
+  if eta != 0.0 and key is None and noise is None:
     raise ConfigError("ddim_sample with eta > 0 draws noise: pass key=jax.random.key(...).")
   t_model, ac, ac_prev = ddim_tables(timesteps, num_timesteps=num_timesteps, schedule=schedule)
   n = x_T.shape[0]
@@ -123,8 +185,12 @@ def ddim_sample(model_fn: Callable, x_T, timesteps, *, eta: float = 0.0,
   def body(x, inp):
     t, a, a_prev, k = inp
     eps = split_eps(model_fn(x, jnp.full((n,), t, jnp.int32)), x.shape[-1])
-    noise = jax.random.normal(k, x.shape, x.dtype) if eta != 0.0 else None
-    x, _ = ddim_step(x, eps, a, a_prev, eta=eta, noise=noise, clip=clip_denoised)
+    z = None
+    if eta != 0.0:
+      z = noise.astype(x.dtype) if noise is not None else jax.random.normal(k, x.shape, x.dtype)
+    fn = None if x0_fn is None else (lambda x0: x0_fn(x0, t))
+    x, _ = ddim_step(x, eps, a, a_prev, eta=eta, noise=z, clip=clip_denoised, x0_fn=fn,
+                     keep_eps=keep_eps, etw=etw)
     return x, None
 
   x, _ = jax.lax.scan(body, x_T, xs)

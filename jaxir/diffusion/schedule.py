@@ -1,5 +1,12 @@
 """Noise schedules, computed in float64 exactly as guided-diffusion does, then cast.
 
+`cumprod_dtype="float32"` instead reproduces codes that keep betas in float32
+(ermongroup DDIM and its descendants DDRM, DDNM, DeqIR: `torch.from_numpy(betas)
+.float()`, then `(1 - betas).cumprod(0)`): betas and 1 - beta rounded to float32,
+and the cumulative product as torch's float32 `cumprod` on CPU returns it
+(accumulated in float64 and rounded once per entry; checked bitwise against torch).
+The two differ by about 1e-7 relative.
+
 References:
   Ho et al., DDPM (2020): linear betas 1e-4..0.02 over 1000 steps.
   Nichol & Dhariwal, "Improved DDPM" (2021): cosine schedule.
@@ -66,9 +73,28 @@ class Schedule(struct.PyTreeNode):
     return self.betas.shape[0]
 
   @classmethod
-  def from_betas(cls, betas: np.ndarray, name: str = "custom") -> "Schedule":
-    betas = np.asarray(betas, np.float64)
-    abar = np.cumprod(1.0 - betas)
+  def from_betas(cls, betas: np.ndarray, name: str = "custom",
+                 cumprod_dtype: str = "float64") -> "Schedule":
+    """A schedule from betas (T,).
+
+    Args:
+      betas: (T,) noise variances.
+      name: static label.
+      cumprod_dtype: "float64" (guided-diffusion: alphas_cumprod in float64 from
+        float64 betas, then cast) or "float32" (ermongroup DDIM / DDRM / DDNM /
+        DeqIR: float32 betas, float32 1 - beta, cumprod as torch's float32 one).
+    """
+    if cumprod_dtype == "float64":
+      betas = np.asarray(betas, np.float64)
+      abar = np.cumprod(1.0 - betas)
+    elif cumprod_dtype == "float32":
+      betas32 = np.asarray(betas, np.float64).astype(np.float32)
+      alphas32 = np.float32(1.0) - betas32
+      # torch's CPU cumprod of a float32 tensor accumulates in float64 (acc_type).
+      abar = np.cumprod(alphas32.astype(np.float64)).astype(np.float32).astype(np.float64)
+      betas = betas32.astype(np.float64)
+    else:
+      raise ConfigError(f"cumprod_dtype must be 'float64' or 'float32'; got {cumprod_dtype!r}.")
     abar_prev = np.append(1.0, abar[:-1])
     f32 = lambda a: jnp.asarray(a, jnp.float32)
     return cls(betas=f32(betas), alphas_cumprod=f32(abar), alphas_cumprod_prev=f32(abar_prev),
@@ -76,6 +102,11 @@ class Schedule(struct.PyTreeNode):
                sqrt_recipm1_alphas_cumprod=f32(np.sqrt(1.0 / abar - 1)), name=name)
 
 
-def get_schedule(name: str = "linear", num_timesteps: int = 1000) -> Schedule:
-  """A named schedule ('linear' or 'cosine') over `num_timesteps` steps."""
-  return Schedule.from_betas(beta_schedule(name, num_timesteps), name)
+def get_schedule(name: str = "linear", num_timesteps: int = 1000,
+                 dtype: str = "float64") -> Schedule:
+  """A named schedule ('linear' or 'cosine') over `num_timesteps` steps.
+
+  `dtype="float32"` gives the float32-betas variant of the ermongroup-derived codes
+  (DDRM, DDNM, DeqIR); see `Schedule.from_betas`.
+  """
+  return Schedule.from_betas(beta_schedule(name, num_timesteps), name, cumprod_dtype=dtype)

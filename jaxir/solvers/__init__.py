@@ -1,14 +1,17 @@
 """Restoration solvers: pure functions `solver(key, y, operator, prior, config) -> (x, info)`.
 
-`jaxir.solvers.dcdp`, `dps` and `bird` are modules holding each solver's
+`jaxir.solvers.dcdp`, `dps`, `ddnm`, `deqir` and `bird` are modules holding each solver's
 building blocks, and are callable as the solver itself:
 `jaxir.solvers.dcdp(key, y, op, prior, jaxir.solvers.dcdp_preset("sr4"))`.
 """
-from jaxir.solvers import bird, dcdp, dps
+from jaxir.solvers import bird, dcdp, ddnm, deqir, dps
 from jaxir.solvers.bird import BIRD_PRESETS, BIRDConfig, BIRDInfo, bird_preset
 from jaxir.solvers.dcdp import DCDP_PRESETS, DCDPConfig, DCDPInfo, dcdp_nfe, dcdp_preset
+from jaxir.solvers.ddnm import DDNMConfig, DDNMInfo
+from jaxir.solvers.deqir import DeqIRConfig, DeqIRInfo
 from jaxir.solvers.dps import DPS_PRESETS, DPSConfig, DPSInfo, dps_preset
 
 __all__ = ["bird", "BIRDConfig", "BIRDInfo", "BIRD_PRESETS", "bird_preset",
            "dcdp", "dps", "DCDPConfig", "DCDPInfo", "DCDP_PRESETS", "dcdp_preset", "dcdp_nfe",
+           "ddnm", "DDNMConfig", "DDNMInfo", "deqir", "DeqIRConfig", "DeqIRInfo",
            "DPSConfig", "DPSInfo", "DPS_PRESETS", "dps_preset"]

@@ -144,7 +144,7 @@ def generate(prior, z, config: BIRDConfig = BIRDConfig()):
   """g(z): the deterministic clipped DDIM chain from z at t = T - delta_t down to x0.
 
   Args:
-    prior: a `jaxir.priors.Prior` (linear or cosine named schedule).
+    prior: a `jaxir.priors.Prior` (its own `Schedule` gives the alphas).
     z: (H, W, C) latent.
     config: reads `delta_t` and `grad_through_unet`.
 
@@ -153,14 +153,10 @@ def generate(prior, z, config: BIRDConfig = BIRDConfig()):
   """
   if z.ndim != 3:
     raise ShapeError(f"generate takes one latent (H, W, C), got {z.shape}; batch with jax.vmap.")
-  sched = prior.schedule
-  if sched.name not in ("linear", "cosine"):
-    raise ConfigError(f"BIRD's DDIM chain needs a named schedule ('linear' or 'cosine'); the "
-                      f"prior's is {sched.name!r}.")
-  T = sched.num_timesteps
+  T = prior.schedule.num_timesteps
   ts = bird_timesteps(config.delta_t, T)
   x = ddim_sample(_model_fn(prior, config.grad_through_unet), z[None], ts, eta=0.0,
-                  clip_denoised=True, num_timesteps=T, schedule=sched.name)
+                  clip_denoised=True, num_timesteps=T, schedule=prior.schedule)
   return x[0]
 
 
