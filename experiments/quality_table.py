@@ -34,16 +34,21 @@ TASKS = ("sr4", "gaussian_deblur", "motion_deblur", "box_inpaint", "denoise")
 SOLVERS = ("dcdp", "dcdp-tweedie", "dps")
 
 
-def heldout_images(prior_name: str, count: int, size: int | None):
-  """(N, H, W, 3) held-out images in [-1, 1] of the prior's data (never trained on)."""
+def heldout_images(prior_name: str, count: int, size: int | None, channels: int = 3):
+  """(N, H, W, channels) held-out images in [-1, 1] of the prior's data (never trained on).
+
+  `channels` is the prior's (`jaxir.tasks.prior_channels`): the digits are grey
+  (1) or replicated (3); photographs are converted with `jaxir.io.to_channels`.
+  """
+  from jaxir import io
   from jaxir.train import data
   if prior_name.startswith("mnist32"):
-    return np.asarray(data.mnist32("holdout")[:count])
+    return np.asarray(data.mnist32("holdout", channels=channels)[:count])
   hold = data.natural_images("holdout")
   side = size or 64
   bank = data.image_bank(hold)
-  return np.asarray(data.sample_patches(jax.random.key(1234), bank, count, side, 256,
-                                        augment=False))
+  return np.asarray(io.to_channels(np.asarray(data.sample_patches(
+      jax.random.key(1234), bank, count, side, 256, augment=False)), channels))
 
 
 def main(argv=None) -> int:
@@ -67,10 +72,10 @@ def main(argv=None) -> int:
   from jaxir import io, metrics
   from jaxir.cli import solver_config
   from jaxir.priors import load_prior
-  from jaxir.tasks import simulate, stack_operators
+  from jaxir.tasks import prior_channels, simulate, stack_operators
 
   prior = load_prior(args.prior, args.checkpoint)
-  xs = jnp.asarray(heldout_images(args.prior, args.count, args.size))
+  xs = jnp.asarray(heldout_images(args.prior, args.count, args.size, prior_channels(prior)))
   n = xs.shape[0]
   lp = metrics.lpips_params()
   out = Path(args.out)

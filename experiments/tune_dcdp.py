@@ -31,15 +31,17 @@ TASKS = ("sr4", "gaussian_deblur", "motion_deblur", "box_inpaint", "denoise")
 MIN_GAIN_DB = 0.1  # a tuned preset must beat the official one by this much
 
 
-def training_images(prior_name: str, count: int, size: int = 64):
+def training_images(prior_name: str, count: int, size: int = 64, channels: int = 3):
+  """(N, H, W, channels) training images in [-1, 1]; `channels` is the prior's."""
+  from jaxir import io
   from jaxir.train import data
   if prior_name.startswith("mnist32"):
-    x = data.mnist32("train")
+    x = data.mnist32("train", channels=channels)
     idx = np.random.RandomState(1).choice(len(x), count, replace=False)
     return np.asarray(x[np.sort(idx)])
   bank = data.image_bank(data.natural_images("train"))
-  return np.asarray(data.sample_patches(jax.random.key(4321), bank, count, size, 256,
-                                        augment=False))
+  return np.asarray(io.to_channels(np.asarray(data.sample_patches(
+      jax.random.key(4321), bank, count, size, 256, augment=False)), channels))
 
 
 def main(argv=None) -> int:
@@ -58,10 +60,10 @@ def main(argv=None) -> int:
 
   from jaxir.cli import solver_config
   from jaxir.priors import load_prior
-  from jaxir.tasks import simulate, stack_operators
+  from jaxir.tasks import prior_channels, simulate, stack_operators
 
   prior = load_prior(args.prior)
-  xs = jnp.asarray(training_images(args.prior, args.count))
+  xs = jnp.asarray(training_images(args.prior, args.count, channels=prior_channels(prior)))
   n = xs.shape[0]
   root = jax.random.key(100)  # differs from the quality table's seed
   grid = _parse_grid(args.grid) if args.grid else {

@@ -11,6 +11,12 @@ y = A(x) + sigma_y * n with the task's operator (the papers' protocol), restores
 it, and reports PSNR / SSIM / LPIPS against the input. With `--measured` the
 input *is* the measurement (a noisy, blurred or low-resolution picture).
 
+Inputs are read with the prior's channel count (mnist32: 1, grey; natural64:
+3, RGB): a colour input given to a grey prior is converted to grey with the
+standard luma weights (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B), and a grey
+input given to an RGB prior is replicated to three channels. A grey prior
+writes grey PNGs.
+
 Outputs in --out: `<name>_restored.png`, `<name>_measurement.png`,
 `<name>_compare.png` (side by side) and `metrics.json`.
 """
@@ -76,7 +82,11 @@ def solver_config(solver: str, task_name: str, overrides=(), prior: str | None =
 
 
 def _measured_operator(task_name: str, y_shape, args):
-  """The operator when the input is the measurement itself."""
+  """The operator when the input is the measurement itself.
+
+  `y_shape` is (H, W, C) of the input read with the prior's channel count C
+  (for "colorize" the image has C channels and the measurement one).
+  """
   from jaxir.errors import ConfigError
   from jaxir.tasks import make_operator
   import jax
@@ -85,7 +95,7 @@ def _measured_operator(task_name: str, y_shape, args):
     s = 8 if task_name == "sr8" else 4
     return make_operator(task_name, jax.random.key(0), (H * s, W * s, C))
   if task_name in ("denoise", "gaussian_deblur", "colorize"):
-    return make_operator(task_name, jax.random.key(0), (H, W, 3 if task_name == "colorize" else C))
+    return make_operator(task_name, jax.random.key(0), (H, W, C))
   if task_name in ("box_inpaint", "random_inpaint"):
     if args.mask is None:
       raise ConfigError(f"--measured {task_name} needs --mask MASK.png (white = observed).")
@@ -109,7 +119,7 @@ def restore(args) -> dict:
   from jaxir.errors import ConfigError
   from jaxir.parallel import batch_solver, replicate
   from jaxir.priors import load_prior
-  from jaxir.tasks import TASKS, simulate, stack_operators
+  from jaxir.tasks import TASKS, prior_channels, simulate, stack_operators
 
   if args.task not in TASKS:
     raise ConfigError(f"unknown task {args.task!r}; run `jaxir tasks` for the list.")
@@ -118,6 +128,7 @@ def restore(args) -> dict:
   fn, cfg = solver_config(args.solver, args.task, args.set or (), prior=args.prior,
                           sigma_y=sigma_y)
   prior = load_prior(args.prior, args.checkpoint)
+  channels = prior_channels(prior)  # inputs are converted to it (luma / replication)
   src = Path(args.input)
   paths = io.list_images(src) if src.is_dir() else [src]
   if args.limit:
@@ -138,15 +149,16 @@ def restore(args) -> dict:
   bar = tqdm(total=len(paths), desc=f"{args.solver} {args.task}", unit="img",
              disable=len(paths) == 1 or args.quiet)
   for bi, batch in enumerate(batches):
-    imgs = [io.read_image(p, size=size) for p in batch]
+    imgs = [io.read_image(p, size=size, channels=channels) for p in batch]
     if len({im.shape for im in imgs}) > 1:
       raise ConfigError("images in a folder differ in size: pass --size N to centre-crop and "
                         "resize them all to N x N.")
     idx = [bi * args.batch + j for j in range(len(batch))]
     keys = [jax.random.fold_in(root, i) for i in idx]
     if args.measured:
-      ys = [jnp.asarray(im) for im in imgs]
       ops = [_measured_operator(args.task, im.shape, args) for im in imgs]
+      ys = [jnp.asarray(io.to_channels(im, op.out_shape[-1]) if args.task == "colorize" else im)
+            for im, op in zip(imgs, ops)]
       xs = None
     else:
       xs = [jnp.asarray(im) for im in imgs]
@@ -224,7 +236,8 @@ def _add_restore_args(ap, demo: bool = False):
   ap.add_argument("--task", default=d.get("task", "sr4"), help="see `jaxir tasks` (default sr4)")
   ap.add_argument("--solver", choices=SOLVERS, default=d.get("solver", "dcdp"))
   ap.add_argument("--prior", default=d.get("prior", "natural64"),
-                  help="shipped prior (mnist32, natural64) or named config with --checkpoint")
+                  help="shipped prior (mnist32: grey, 1 channel; natural64: RGB) or named "
+                       "config with --checkpoint; inputs are converted to its channel count")
   ap.add_argument("--checkpoint", default=None, help="checkpoint file or converted folder")
   ap.add_argument("--sigma-y", type=float, default=None, help="measurement noise (task default)")
   ap.add_argument("--seed", type=int, default=0, help="seed of all random draws")
@@ -242,7 +255,9 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="jaxir", description=__doc__.split("\n")[0])
   sub = ap.add_subparsers(dest="command", required=True)
   r = sub.add_parser("restore", help="restore an image or a folder of images")
-  r.add_argument("input", help="image file or folder")
+  r.add_argument("input", help="image file or folder; read with the prior's channel count "
+                 "(colour to grey with the luma weights 0.299/0.587/0.114 for a grey prior such "
+                 "as mnist32, grey replicated to RGB for an RGB prior)")
   r.add_argument("--measured", action="store_true",
                  help="the input is the measurement (default: a clean image to degrade)")
   r.add_argument("--mask", default=None, help="with --measured inpainting: mask PNG, white = seen")

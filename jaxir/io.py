@@ -1,8 +1,12 @@
-"""Image files in and out: PNG/JPEG via Pillow, as (H, W, 3) float32 in [-1, 1].
+"""Image files in and out: PNG/JPEG via Pillow, as (H, W, C) float32 in [-1, 1].
 
 jaxir works on channels-last float32 images in [-1, 1]; `read_image` and
 `write_image` convert from and to 8-bit files, `to_unit` / `from_unit` convert
 between [-1, 1] and [0, 1] (the range `jaxir.metrics.psnr` / `ssim` expect).
+Images have C = 3 (RGB) or C = 1 (grey, e.g. for the one-channel mnist32 prior):
+`read_image(path, channels=1)` reads any file as grey (colour converted with
+the ITU-R BT.601 luma weights `LUMA_WEIGHTS`), and `write_image` writes a
+one-channel image as a grey (mode "L") file.
 """
 from pathlib import Path
 
@@ -13,10 +17,14 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from jaxir.errors import ConfigError, ImageReadError, NaNError, ShapeError
 
-__all__ = ["ImageReadError", "IMAGE_SUFFIXES", "to_unit", "from_unit", "check_size",
-           "read_image", "list_images", "read_folder", "write_image", "side_by_side", "measurement_picture"]
+__all__ = ["ImageReadError", "IMAGE_SUFFIXES", "LUMA_WEIGHTS", "to_grey", "to_channels",
+           "to_unit", "from_unit", "check_size", "read_image", "list_images", "read_folder",
+           "write_image", "side_by_side", "measurement_picture"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+"""R, G, B weights of grey = luma Y' (ITU-R BT.601; Pillow's `convert("L")` uses the same)."""
 
 _GRAY_MODES = ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I;16N")
 _COLOR_MODES = ("RGB", "RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
@@ -40,6 +48,37 @@ def from_unit(x):
   """Map images from [0, 1] to [-1, 1]: 2 x - 1. NumPy in, NumPy out; JAX in, JAX out."""
   xp = _xp(x)
   return 2.0 * xp.asarray(x) - 1.0
+
+
+def to_grey(x):
+  """(..., 3) RGB -> (..., 1) grey with `LUMA_WEIGHTS` (any range; NumPy or JAX)."""
+  xp = _xp(x)
+  x = xp.asarray(x)
+  if x.shape[-1] != 3:
+    raise ShapeError(f"to_grey: image has {x.shape[-1]} channels (shape {x.shape}); expected "
+                     "3 (RGB, channels-last).")
+  w = xp.asarray(LUMA_WEIGHTS, x.dtype)
+  return xp.sum(x * w, axis=-1, keepdims=True)
+
+
+def to_channels(x, channels: int):
+  """Convert (..., C) images with C in {1, 3} to `channels` (1 or 3) channels.
+
+  RGB to grey uses `LUMA_WEIGHTS` (`to_grey`); grey to RGB replicates the
+  channel; equal counts return `x` unchanged. NumPy or JAX, also under jit.
+  """
+  if channels not in (1, 3):
+    raise ConfigError(f"channels={channels!r}; use 1 (grey) or 3 (RGB).")
+  c = np.shape(x)[-1]
+  if c not in (1, 3):
+    raise ShapeError(f"image has {c} channels (shape {np.shape(x)}); expected 1 or 3 "
+                     "(channels-last).")
+  if c == channels:
+    return x
+  if channels == 1:
+    return to_grey(x)
+  xp = _xp(x)
+  return xp.repeat(xp.asarray(x), 3, axis=-1)
 
 
 def check_size(x, multiple_of: int | None, name: str = "image"):
@@ -85,11 +124,14 @@ def _center_crop_resize(img: Image.Image, size) -> Image.Image:
 
 
 def read_image(path, size=None, *, allow_gray: bool = True,
-               multiple_of: int | None = None) -> np.ndarray:
-  """Read a PNG/JPEG (any Pillow format) as an (H, W, 3) float32 array in [-1, 1].
+               multiple_of: int | None = None, channels: int = 3) -> np.ndarray:
+  """Read a PNG/JPEG (any Pillow format) as an (H, W, channels) float32 array in [-1, 1].
 
-  EXIF orientation is applied, alpha is dropped (not composited), grayscale is
-  repeated to three channels, 16-bit grayscale is scaled by 1/65535.
+  EXIF orientation is applied, alpha is dropped (not composited), 16-bit
+  grayscale is scaled by 1/65535. With `channels=3` (default) grayscale is
+  repeated to three channels; with `channels=1` (a grey prior such as mnist32)
+  grayscale is kept and colour is converted to grey with `LUMA_WEIGHTS`,
+  computed in float from the 8-bit values (before any resizing).
 
   Args:
     path: the file.
@@ -97,17 +139,20 @@ def read_image(path, size=None, *, allow_gray: bool = True,
       aspect ratio, then resize with bicubic filtering.
     allow_gray: if False, a grayscale file raises `ShapeError`.
     multiple_of: if given, H and W must be multiples of it (see `check_size`).
+    channels: 3 (RGB) or 1 (grey).
 
   Returns:
-    (H, W, 3) float32 NumPy array in [-1, 1].
+    (H, W, channels) float32 NumPy array in [-1, 1].
 
   Raises:
     ImageReadError: the file is missing, not an image, truncated, or of an
       unsupported mode. ShapeError: grayscale with `allow_gray=False`, or a size
-      that `multiple_of` rejects.
+      that `multiple_of` rejects. ConfigError: `channels` not 1 or 3.
   """
   path = Path(path)
   size = _as_size(size)
+  if channels not in (1, 3):
+    raise ConfigError(f"read_image: channels={channels!r}; use 1 (grey) or 3 (RGB).")
   if not path.is_file():
     raise ImageReadError(f"image file {str(path)!r} does not exist (or is not a file); "
                          "check the path.")
@@ -131,6 +176,9 @@ def read_image(path, size=None, *, allow_gray: bool = True,
       img = img.convert("L")
   elif mode in _COLOR_MODES:
     img = img.convert("RGB")
+    if channels == 1:  # luma in float, so no 8-bit rounding before resizing
+      rgb = np.asarray(img, np.float32) / 255.0
+      img = Image.fromarray(np.asarray(to_grey(rgb)[..., 0], np.float32))  # mode "F"
   else:
     raise ImageReadError(f"{str(path)!r} has pixel mode {mode!r}, which has no fixed "
                          "value range; save it as 8-bit RGB or grayscale PNG.")
@@ -139,7 +187,7 @@ def read_image(path, size=None, *, allow_gray: bool = True,
   arr = np.asarray(img, np.float32)
   arr = arr if img.mode == "F" else arr / 255.0
   if arr.ndim == 2:
-    arr = np.repeat(arr[:, :, None], 3, axis=2)
+    arr = np.repeat(arr[:, :, None], channels, axis=2)
   x = np.clip(arr, 0.0, 1.0) * 2.0 - 1.0
   return check_size(x.astype(np.float32), multiple_of, name=repr(str(path)))
 
@@ -154,24 +202,25 @@ def list_images(path) -> list[Path]:
 
 
 def read_folder(path, size=None, *, allow_gray: bool = True,
-                multiple_of: int | None = None, limit: int | None = None) -> np.ndarray:
+                multiple_of: int | None = None, limit: int | None = None,
+                channels: int = 3) -> np.ndarray:
   """Read every image of a folder (sorted by name, see `list_images`) as a batch.
 
   Args:
     path: the folder.
     size: as in `read_image`; needed when the files differ in size.
-    allow_gray, multiple_of: as in `read_image`.
+    allow_gray, multiple_of, channels: as in `read_image`.
     limit: read at most this many files.
 
   Returns:
-    (N, H, W, 3) float32 NumPy array in [-1, 1].
+    (N, H, W, channels) float32 NumPy array in [-1, 1].
   """
   files = list_images(path)[:limit]
   if not files:
     raise ImageReadError(f"folder {str(path)!r} holds no image files "
                          f"({', '.join(IMAGE_SUFFIXES)}).")
-  images = [read_image(f, size, allow_gray=allow_gray, multiple_of=multiple_of)
-            for f in files]
+  images = [read_image(f, size, allow_gray=allow_gray, multiple_of=multiple_of,
+                       channels=channels) for f in files]
   shapes = {im.shape for im in images}
   if len(shapes) > 1:
     raise ShapeError(f"images in {str(path)!r} differ in size ({sorted(shapes)}); pass "
@@ -179,11 +228,14 @@ def read_folder(path, size=None, *, allow_gray: bool = True,
   return np.stack(images)
 
 
-def _to_uint8(x, name: str) -> np.ndarray:
-  """[-1, 1] float (..., H, W, C) with C in {1, 3} -> uint8 with 3 channels (uint8 kept)."""
+def _to_uint8(x, name: str, keep_gray: bool = False) -> np.ndarray:
+  """[-1, 1] float (..., H, W, C) with C in {1, 3} -> uint8 (uint8 kept).
+
+  One channel is repeated to three unless `keep_gray`.
+  """
   if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim in (3, 4) \
       and x.shape[-1] in (1, 3):
-    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 and not keep_gray else x
   x = np.asarray(x, np.float32)
   if x.ndim not in (3, 4) or x.shape[-1] not in (1, 3):
     raise ShapeError(f"{name} has shape {x.shape}; expected (H, W, C) or (N, H, W, C) "
@@ -193,15 +245,16 @@ def _to_uint8(x, name: str) -> np.ndarray:
     raise NaNError(f"{name} contains NaN or infinite values; the restoration diverged "
                    "or the input was bad. Clean it (e.g. np.nan_to_num) before saving.")
   u8 = np.round(np.clip((x + 1.0) * 127.5, 0.0, 255.0)).astype(np.uint8)
-  return np.repeat(u8, 3, axis=-1) if u8.shape[-1] == 1 else u8
+  return np.repeat(u8, 3, axis=-1) if u8.shape[-1] == 1 and not keep_gray else u8
 
 
 def write_image(path, x) -> Path:
   """Write an image in [-1, 1] (or uint8, as from `side_by_side`) as an 8-bit file.
 
   PNG recommended; the type follows the suffix.
-  Values outside [-1, 1] are clipped. A batch (N, H, W, C) with N > 1 is
-  written as one horizontal strip (`side_by_side` without labels).
+  Values outside [-1, 1] are clipped. One channel (C = 1) is written as a grey
+  (mode "L") file, three as RGB. A batch (N, H, W, C) with N > 1 is written as
+  one horizontal strip (`side_by_side` without labels, RGB).
 
   Args:
     path: output file; parent folders are created.
@@ -215,9 +268,11 @@ def write_image(path, x) -> Path:
     ConfigError: unknown file suffix.
   """
   path = Path(path)
-  u8 = _to_uint8(x, f"image for {str(path)!r}")
+  u8 = _to_uint8(x, f"image for {str(path)!r}", keep_gray=True)
   if u8.ndim == 4:
     u8 = u8[0] if u8.shape[0] == 1 else side_by_side(list(u8))
+  if u8.shape[-1] == 1:
+    u8 = u8[..., 0]  # Pillow writes a 2-D uint8 array as mode "L"
   path.parent.mkdir(parents=True, exist_ok=True)
   try:
     Image.fromarray(u8).save(path)

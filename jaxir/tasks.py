@@ -5,7 +5,9 @@ the command line, the experiment scripts and user code share one definition.
 Settings are the papers' (FFHQ-256, from DPS / DCDP); on smaller images the
 blur kernels and inpainting boxes keep their size relative to the image
 (61/256 of the side, 128/256 of the side), since a 61x61 kernel on a 32x32
-image is not the same task.
+image is not the same task. Every task takes images of any channel count C
+(C = 1 for a grey prior such as mnist32) except "colorize", which needs C = 3;
+`prior_channels(prior)` gives the C a prior was trained on.
 """
 from __future__ import annotations
 
@@ -20,9 +22,12 @@ from jaxir.operators.color import Colorization
 from jaxir.operators.denoise import Identity
 from jaxir.operators.inpaint import Inpaint, box_mask, random_mask
 from jaxir.operators.phase_retrieval import PhaseRetrieval
+from jaxir.operators.separable import deblur_aniso, deblur_gauss, deblur_uni
 from jaxir.operators.superres import AvgPoolSR, BicubicSR
+from jaxir.operators.walsh_hadamard import walsh_hadamard_cs
 
-__all__ = ["Task", "TASKS", "make_operator", "task_names", "simulate", "stack_operators"]
+__all__ = ["Task", "TASKS", "make_operator", "task_names", "simulate", "stack_operators",
+           "prior_channels"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +65,16 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("colorize", "colorization (channel mean)", 0.0, "sr4", "sr4"),
     Task("phase_retrieval", "Fourier phase retrieval, oversampling 2.0", 0.05,
          "phase_retrieval", "phase_retrieval"),
+    # DDRM/DDNM/DeqIR SVD-form degradations: the official kernels in pixels at any image
+    # size, noiseless as the official runs (DeqIR `runners/diffusion.py`, no --add_noise).
+    Task("deblur_gauss", "separable Gaussian blur, 5 taps sigma 10, zero padding (DDRM/DeqIR)",
+         0.0, "gaussian_deblur", "gaussian_deblur"),
+    Task("deblur_uni", "separable uniform blur, 9 taps, zero padding (DDRM/DeqIR)",
+         0.0, "gaussian_deblur", "gaussian_deblur"),
+    Task("deblur_aniso", "anisotropic separable Gaussian, 9 taps sigma 1 (H) / 20 (W) (DeqIR)",
+         0.0, "gaussian_deblur", "gaussian_deblur"),
+    Task("cs_wh", "Walsh-Hadamard compressed sensing, ratio 0.5, random permutation (DeqIR)",
+         0.0, "sr4", "sr4"),
 ]}
 
 
@@ -78,7 +93,7 @@ def make_operator(name: str, key, in_shape: tuple):
   Args:
     name: a key of `TASKS`.
     key: `jax.random` key for random parts (motion kernel, mask position).
-    in_shape: (H, W, C).
+    in_shape: (H, W, C); C = 3 for "colorize" (`ShapeError` otherwise).
   """
   if name not in TASKS:
     raise ConfigError(f"unknown task {name!r}; choose from {task_names()}.")
@@ -105,6 +120,14 @@ def make_operator(name: str, key, in_shape: tuple):
     return Colorization(in_shape)
   if name == "phase_retrieval":
     return PhaseRetrieval(in_shape, oversample=2.0)
+  if name == "deblur_gauss":
+    return deblur_gauss(in_shape)
+  if name == "deblur_uni":
+    return deblur_uni(in_shape)
+  if name == "deblur_aniso":
+    return deblur_aniso(in_shape)
+  if name == "cs_wh":
+    return walsh_hadamard_cs(key, in_shape, ratio=0.5)
   raise AssertionError(name)
 
 
@@ -133,3 +156,20 @@ def simulate(name: str, key, x, sigma_y: float | None = None):
 def stack_operators(ops):
   """Stack equal-structure operators into one batched operator (for `jax.vmap`, in_axes 0)."""
   return jax.tree.map(lambda *a: jnp.stack(a), *ops)
+
+
+def prior_channels(prior, default: int = 3) -> int:
+  """The image channel count C a prior takes (1 grey, 3 RGB).
+
+  Read from `prior.image_shape` when set, else from the network's config
+  (`in_channels` of a U-Net loaded by `jaxir.models.load` /
+  `jaxir.priors.load_prior`, which for a shipped prior is the checkpoint card's
+  `channels`); `default` when neither tells (e.g. an analytic prior built
+  without `image_shape`).
+  """
+  shape = getattr(prior, "image_shape", None)
+  if shape is not None:
+    return int(shape[-1])
+  config = getattr(getattr(getattr(prior, "apply_fn", None), "module", None), "config", None)
+  c = getattr(config, "in_channels", None)
+  return default if c is None else int(c)

@@ -40,9 +40,11 @@ def test_write_clips_batches_and_gray(tmp_path):
   assert np.asarray(Image.open(tmp_path / "one.png")).shape == (4, 4, 3)
   io.write_image(tmp_path / "strip.png", np.stack([x, -x]))
   assert np.asarray(Image.open(tmp_path / "strip.png")).shape == (4 + 8, 3 * 4 + 2 * 4, 3)
-  io.write_image(tmp_path / "g.png", x[..., :1])
-  g = np.asarray(Image.open(tmp_path / "g.png"))
-  assert g.shape == (4, 4, 3) and np.all(g == g[..., :1])
+  io.write_image(tmp_path / "g.png", x[..., :1])  # one channel: a grey (mode L) file
+  with Image.open(tmp_path / "g.png") as im:
+    assert im.mode == "L"
+    g = np.asarray(im)
+  assert g.shape == (4, 4) and g[0, 0] == 255 and g[0, 1] == 0 and g[1, 1] == 128
 
 
 def test_write_errors(tmp_path):

@@ -11,7 +11,9 @@ from jaxir.operators.inpaint import Inpaint, box_mask, random_mask
 from jaxir.operators.blind import BlindBlur, BlindDenoise, BlindSR, NonBlind
 from jaxir.operators.noise import bird_noise, gaussian_noise, poisson_noise
 from jaxir.operators.phase_retrieval import PhaseRetrieval
+from jaxir.operators.separable import SeparableBlur, deblur_aniso, deblur_gauss, deblur_uni
 from jaxir.operators.superres import AvgPoolSR, BicubicSR, resizer_matrix
+from jaxir.operators.walsh_hadamard import WalshHadamardCS, walsh_hadamard_cs
 
 __all__ = ["Operator", "LinearOperator", "SVDOperator", "adjoint_error", "cg",
            "blind", "BlindBlur", "BlindSR", "BlindDenoise", "NonBlind", "bird_noise",
@@ -19,4 +21,6 @@ __all__ = ["Operator", "LinearOperator", "SVDOperator", "adjoint_error", "cg",
            "gaussian_kernel", "motion_kernel", "motion_trajectory", "trajectory_kernel",
            "kernel_from_logits", "kernel_to_logits", "validate_kernel",
            "gaussian_noise", "poisson_noise", "Identity", "Inpaint", "box_mask", "random_mask",
-           "Colorization", "DDRM_GRAY_WEIGHTS", "BicubicSR", "AvgPoolSR", "resizer_matrix"]
+           "Colorization", "DDRM_GRAY_WEIGHTS", "BicubicSR", "AvgPoolSR", "resizer_matrix",
+           "SeparableBlur", "deblur_gauss", "deblur_uni", "deblur_aniso", "WalshHadamardCS",
+           "walsh_hadamard_cs"]

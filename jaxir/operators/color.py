@@ -37,14 +37,22 @@ class Colorization(SVDOperator):
   in (k, p) order, so the first H W entries are the gray components w·x/|w|;
   `UT(y)` is y flattened (H W,).
 
+  The image must have C = 3 channels (colour from grey): a one-channel (grey)
+  image or prior, such as the shipped mnist32, raises `ShapeError`.
+
   Attributes:
-    in_shape: static (H, W, C).
-    weights: static channel weights of length C, or None for the mean 1/C.
+    in_shape: static (H, W, 3).
+    weights: static channel weights of length 3, or None for the mean 1/3.
   """
   weights: tuple | None = struct.field(pytree_node=False, default=None)
 
   def __post_init__(self):
     shape = _check_in_shape(self.in_shape, "Colorization")
+    if shape[2] != 3:
+      raise ShapeError(f"Colorization: in_shape={shape} has {shape[2]} channel(s); "
+                       "colorization restores 3 colour channels from a grey image, so it needs "
+                       "C = 3. A grey (1-channel) prior such as mnist32 cannot colorize: use an "
+                       "RGB prior (e.g. natural64) and 3-channel images, or pick another task.")
     object.__setattr__(self, "in_shape", shape)
     if self.weights is not None:
       w = tuple(float(v) for v in np.ravel(self.weights))
