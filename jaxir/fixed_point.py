@@ -35,7 +35,10 @@ leaves its own mixing weights (one small system per row) while the residual
 and the stopping test stay global. That is what the official DeqIR code does:
 its `X` has shape (bsz, m, d) with bsz = the T timestep slots, so each slot is
 mixed with its own alpha. Pass slots stacked on the leading axis to reproduce
-it; the default (False) is classical Anderson with one weight vector.
+it; the default (False) is classical Anderson with one weight vector. Per-row
+weights break Anderson's linear model when the rows are coupled (row i's map
+output depends on row i-1's mixed state): on DeqIR's joint map they stall
+where one weight vector converges (`experiments/deqir_convergence.py`).
 
 Gradients (`grad=`):
 * "implicit": a `jax.custom_vjp`; at x* the cotangent u solves
@@ -58,7 +61,8 @@ evaluates f for the whole budget (finished steps are computed and discarded).
 Notes on the official Anderson: `lam` is an absolute ridge, not scaled by the
 Gram matrix, so once ||F_i - X_i||^2 falls well below lam the weights tend to
 a plain average of the history and progress slows; for tolerances far below
-the official 1e-3 lower lam (the tests use 1e-10 for 1e-5). The official
+the official 1e-3 lower lam (the tests use 1e-10 for 1e-5) or pass
+`lam_relative=True` (ridge lam * trace(G G^T) / n). The official
 code needs m >= 2 (it writes X1 to slot 1); here slot 1 % m is used, so m = 1
 is plain Picard with the official start and counting.
 
@@ -151,6 +155,11 @@ class Anderson:
     per_row: one set of mixing weights per index of the leaves' leading axis
       (the official DeqIR layout, whose `X` is (slots, m, d)); the residual
       stays global. False: one weight vector for the whole problem.
+    lam_relative: scale the ridge by the history's mean squared residual,
+      lam * trace(G G^T) / n (per row when per_row), so the weights do not
+      depend on the scale of the residuals (an absolute ridge turns the
+      weights into a plain average of the history once ||F_i - X_i||^2 falls
+      below lam). False: the official absolute ridge.
   """
   m: int = 5  # DeqIR main.py --m default
   lam: float = 1e-3  # DeqIR functions/ddim_anderson.py fp_implicit_iters_anderson
@@ -158,12 +167,16 @@ class Anderson:
   tol: float = 1e-3  # DeqIR functions/ddim_anderson.py (hard-coded, --tol ignored)
   max_iter: int = 15  # DeqIR main.py --max_anderson_iters default
   per_row: bool = False  # classical Anderson; True reproduces DeqIR's per-slot weights
+  lam_relative: bool = False  # official absolute ridge (ddim_anderson.py); True: lam*tr(GG^T)/n
 
   def __post_init__(self):
     if not isinstance(self.m, (int, np.integer)) or self.m < 1:
       raise ConfigError(f"Anderson needs an integer history size m >= 1; got m={self.m!r}.")
     if not (isinstance(self.lam, numbers.Real) and math.isfinite(self.lam) and self.lam >= 0):
       raise ConfigError(f"Anderson needs a finite ridge lam >= 0; got lam={self.lam!r}.")
+    if not isinstance(self.lam_relative, (bool, np.bool_)):
+      raise ConfigError(f"Anderson lam_relative must be True or False; got "
+                        f"{self.lam_relative!r}.")
     _check_common("Anderson", self.tol, self.max_iter, self.beta, 3)
 
 
@@ -266,7 +279,7 @@ def relative_residual(x, fx):
   return (num / (1e-5 + jnp.sqrt(jnp.sum(jnp.square(fx))))).astype(jnp.float32)
 
 
-def anderson_weights(G, n, lam):
+def anderson_weights(G, n, lam, relative=False):
   """Mixing weights alpha of the bordered Anderson system, one set per row.
 
   Solves [[0, 1^T], [1, G G^T + lam I]] [mu; alpha] = [1; 0] over the first n
@@ -276,6 +289,9 @@ def anderson_weights(G, n, lam):
     G: (m, R, D) residual history (slot, row, entries).
     n: number of filled slots (1 <= n <= m; may be traced).
     lam: ridge on the Gram matrix.
+    relative: use the ridge lam * trace(G G^T) / n of each row instead (the
+      Gram matrix is divided by trace / n, which leaves alpha unchanged, and
+      lam added; a row whose residuals are all zero gets equal weights).
 
   Returns:
     (R, m) weights; each row's first n entries sum to 1.
@@ -284,6 +300,10 @@ def anderson_weights(G, n, lam):
   dt = G.dtype
   gram = jnp.einsum("ird,jrd->rij", G, G, precision=_HIGHEST)
   active = jnp.arange(m) < n
+  if relative:
+    diag = jnp.where(active[None, :], jnp.diagonal(gram, axis1=1, axis2=2), 0)
+    scale = jnp.sum(diag, axis=1) / jnp.asarray(n, dt)
+    gram = gram / jnp.maximum(scale, jnp.finfo(dt).tiny)[:, None, None]
   both = active[:, None] & active[None, :]
   eye = jnp.eye(m, dtype=dt)
   inner = jnp.where(both, gram + jnp.asarray(lam, dt) * eye, eye)
@@ -336,7 +356,7 @@ def _step(g, s: _State, solver) -> _State:
   else:
     m = solver.m
     k = s.it + 2
-    alpha = anderson_weights(s.F - s.X, jnp.minimum(k, m), solver.lam)
+    alpha = anderson_weights(s.F - s.X, jnp.minimum(k, m), solver.lam, solver.lam_relative)
     x = beta * jnp.einsum("ri,ird->rd", alpha, s.F, precision=_HIGHEST)
     if beta != 1.0:  # at beta = 1 the official (1 - beta) term adds exactly zero
       x = x + (1 - beta) * jnp.einsum("ri,ird->rd", alpha, s.X, precision=_HIGHEST)

@@ -12,6 +12,7 @@ References used here, none of them the code under test:
   * unrolled autodiff, central finite differences, Python loops over a batch,
     and a host-side call counter (`jax.debug.callback`).
 """
+import dataclasses
 import functools
 
 import chex
@@ -168,9 +169,10 @@ def test_final_solution_matches_jaxopt():
 
 # ---------------------------------------------------------------- official loop, NumPy
 
-def _official_anderson(f, x0, m, lam, max_iter, tol, beta):
+def _official_anderson(f, x0, m, lam, max_iter, tol, beta, relative=False):
   """NumPy float64 version of the official DeqIR loop; rows = its bsz axis.
 
+  `relative`: ridge lam * trace(G G^T) / n per row instead of lam (not official).
   Returns (x, relative residuals, number of f calls, the inputs of those calls)."""
   inputs = []
 
@@ -193,7 +195,9 @@ def _official_anderson(f, x0, m, lam, max_iter, tol, beta):
   for k in range(2, max_iter):
     n = min(k, m)
     G = F[:, :n] - X[:, :n]
-    H[:, 1:n + 1, 1:n + 1] = G @ G.transpose(0, 2, 1) + lam * np.eye(n)[None]
+    GG = G @ G.transpose(0, 2, 1)
+    ridge = lam * np.trace(GG, axis1=1, axis2=2)[:, None, None] / n if relative else lam
+    H[:, 1:n + 1, 1:n + 1] = GG + ridge * np.eye(n)[None]
     alpha = np.linalg.solve(H[:, :n + 1, :n + 1], y[:, :n + 1])[:, 1:n + 1, 0]
     X[:, k % m] = (beta * (alpha[:, None] @ F[:, :n])[:, 0]
                    + (1 - beta) * (alpha[:, None] @ X[:, :n])[:, 0])
@@ -264,6 +268,59 @@ def test_budget_official_count():
   assert int(info.evaluations) == ref_calls == 9
   assert not bool(info.converged) and not np.any(np.isnan(np.asarray(info.residuals[:7])))
   np.testing.assert_allclose(np.asarray(x), ref_x, rtol=0, atol=1e-5 * np.abs(ref_x).max())
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_relative_ridge_matches_reference_and_is_scale_free(per_row):
+  """lam_relative=True: iterate by iterate the NumPy loop with ridge lam tr(GG^T)/n, and the
+  same evaluations and (scaled) result when the problem is scaled by 1e-3, where the
+  absolute ridge changes the run."""
+  rng = np.random.default_rng(8)
+  R, D, lam, tol, max_iter = 3, 16, 1e-3, 3e-4, 30
+  fj, fn, W, C = _coupled_map(rng, R, D)
+  x0 = rng.standard_normal((R, D))
+  fn_rows = fn if per_row else (lambda z: fn(z.reshape(R, D)).reshape(1, -1))
+  x0_rows = x0 if per_row else x0.reshape(1, -1)
+  ref_x, ref_res, ref_calls, ref_inputs = _official_anderson(fn_rows, x0_rows, 5, lam, max_iter,
+                                                             tol, 1.0, relative=True)
+  assert len(ref_res) < max_iter - 2, "the reference should converge"
+  assert np.all(np.abs(ref_res / tol - 1) > 0.05)
+  solver = Anderson(lam=lam, tol=tol, max_iter=max_iter, per_row=per_row, lam_relative=True)
+  calls = []
+  counted = lambda x, W, C: (jax.debug.callback(lambda x: calls.append(np.asarray(x)), x),
+                             fj(x, W, C))[1]
+  x, info = fixed_point(counted, jnp.asarray(x0, jnp.float32), W, C, solver=solver)
+  jax.effects_barrier()
+  assert int(info.evaluations) == ref_calls == len(calls)
+  for k, (a, b) in enumerate(zip(calls, ref_inputs)):
+    np.testing.assert_allclose(a, b.reshape(R, D), rtol=0, atol=2e-5 * np.abs(b).max(),
+                               err_msg=f"X_{k}")
+  np.testing.assert_allclose(np.asarray(x), ref_x.reshape(R, D), rtol=0,
+                             atol=2e-5 * np.abs(ref_x).max())
+
+  c = 1e-3  # x -> c x: residuals scale by c, Gram entries by c^2, far below lam
+  small = lambda x, W, C: c * fj(x / c, W, C)
+  x0c = jnp.asarray(c * x0, jnp.float32)
+  xs, info_s = fixed_point(small, x0c, W, C, solver=solver)
+  assert int(info_s.evaluations) == int(info.evaluations)
+  np.testing.assert_allclose(np.asarray(xs) / c, np.asarray(x), rtol=0,
+                             atol=1e-4 * np.abs(np.asarray(x)).max())
+  absolute = dataclasses.replace(solver, lam_relative=False)
+  _, res_abs = _official_anderson(lambda z: c * fn_rows(z / c), c * x0_rows, 5, lam, max_iter,
+                                  tol, 1.0)[:2]
+  _, info_a = fixed_point(small, x0c, W, C, solver=absolute)
+  assert int(info_a.evaluations) == len(res_abs) + 2  # the library follows the reference ...
+  assert int(info_a.evaluations) > int(info.evaluations)  # ... and the ridge slows it down
+
+
+def test_anderson_weights_relative_zero_residuals():
+  """A row whose residuals are all zero gets equal weights, with no NaN."""
+  G = jnp.zeros((4, 2, 3)).at[:, 1].set(jnp.arange(12.0).reshape(4, 3) % 5 - 2)
+  a = anderson_weights(G, 3, 1e-3, relative=True)
+  assert np.all(np.isfinite(np.asarray(a)))
+  np.testing.assert_allclose(np.asarray(a[0]), [1 / 3, 1 / 3, 1 / 3, 0], atol=1e-6)
+  np.testing.assert_allclose(float(a[1].sum()), 1.0, atol=1e-5)
+  assert float(a[1, 3]) == 0.0
 
 
 # ---------------------------------------------------------------- gradients
@@ -454,7 +511,7 @@ def test_bad_input():
     fixed_point(lambda x: x, {"a": jnp.zeros((2, 3)), "b": jnp.zeros((3,))},
                 solver=Anderson(per_row=True))
   for bad in (dict(m=0), dict(m=-1), dict(tol=0.0), dict(tol=-1e-3), dict(max_iter=2),
-              dict(lam=-1.0), dict(beta=0.0)):
+              dict(lam=-1.0), dict(beta=0.0), dict(lam_relative="yes")):
     with pytest.raises(ConfigError):
       Anderson(**bad)
   for bad in (dict(tol=0.0), dict(max_iter=0), dict(beta=float("nan"))):
