@@ -24,3 +24,22 @@ def rel_err(a, b):
   """max |a - b| / max |b|, in float64."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
+
+
+def ddpm_tiny_prior(schedule_dtype: str = "float64"):
+  """The real upstream DDPM U-Net `ddpm/ddpm_tiny_a` as a `Prior` (linear schedule;
+  `schedule_dtype="float32"` for DeqIR's float32 betas and cumprod)."""
+  import json
+
+  import torch
+
+  from jaxir.diffusion import get_schedule
+  from jaxir.models import ddpm as D
+  from jaxir.priors import model_prior
+  fix = FIXTURES / "ddpm"
+  cfg = D.ddpm_config(**json.loads((fix / "ddpm_tiny_a.json").read_text()))
+  sd = {k: v.numpy() for k, v in torch.load(fix / "ddpm_tiny_a.pt", map_location="cpu",
+                                            weights_only=True).items()}
+  params = D.ddpm_params_from_state_dict(sd, cfg)
+  return model_prior(D.DDPMUNet.from_config(cfg), params,
+                     get_schedule("linear", 1000, schedule_dtype))

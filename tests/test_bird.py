@@ -11,23 +11,20 @@ References used here, none of them the code under test:
   * vmap against a loop; the lowest recorded loss for best-loss selection.
 """
 import functools
-import json
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
-from references import FIXTURES, nhwc, rel_err
+from references import FIXTURES, ddpm_tiny_prior, nhwc, rel_err
 from jaxir.diffusion import get_schedule
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.blind import (BlindBlur, LogitsKernel, MLPKernel, NonBlind, mlp_eta_from_torch,
                                    mlp_kernel)
 from jaxir.operators.blur import Blur
 from jaxir.operators.kernels import gaussian_kernel
-from jaxir.priors import make_prior
 from jaxir.priors.analytic import gaussian_prior, sample_prior
 from jaxir.solvers import bird as bird_mod
 from jaxir.solvers.bird import (BIRD_PRESETS, BIRDConfig, bird, bird_init, bird_nfe, bird_preset,
@@ -38,13 +35,7 @@ FIX = str(FIXTURES)
 
 @pytest.fixture(scope="module")
 def ddpm_prior():
-  from jaxir.models import ddpm as D
-  cfg = D.ddpm_config(**json.load(open(f"{FIX}/ddpm/ddpm_tiny_a.json")))
-  sd = {k: v.numpy() for k, v in torch.load(f"{FIX}/ddpm/ddpm_tiny_a.pt", map_location="cpu",
-                                            weights_only=True).items()}
-  model = D.DDPMUNet.from_config(cfg)
-  params = D.ddpm_params_from_state_dict(sd, cfg)
-  return make_prior(lambda p, x, t: model.apply(p, x, t), params)
+  return ddpm_tiny_prior()
 
 
 def gauss_prior(h, c=1, std=0.2, length=2.0):

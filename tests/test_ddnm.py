@@ -9,7 +9,6 @@ References used here, none of them the code under test:
   * closed forms: the last DDNM step lands in {x : A x = y}; x0 clipping as an
     x0 map equals `clip_denoised`.
 """
-import json
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from references import FIXTURES, nhwc, rel_err
+from references import FIXTURES, ddpm_tiny_prior, nhwc, rel_err
 import jaxir.diffusion as D
 from jaxir.errors import ConfigError, ShapeError
-from jaxir.models import ddpm as M
 from jaxir.operators import AvgPoolSR, Inpaint
 from jaxir.operators.phase_retrieval import PhaseRetrieval
-from jaxir.priors import model_prior
 from jaxir.solvers.ddnm import DDNMConfig, ddnm, ddnm_chain, uniform_timesteps
 
 FIX = str(FIXTURES)
@@ -31,12 +28,8 @@ FIX = str(FIXTURES)
 
 @pytest.fixture(scope="module")
 def tiny_prior():
-  """The real upstream DDPM U-Net `ddpm/ddpm_tiny_a`, float32-betas schedule."""
-  cfg = M.ddpm_config(**json.load(open(f"{FIX}/ddpm/ddpm_tiny_a.json")))
-  sd = {k: v.numpy() for k, v in torch.load(f"{FIX}/ddpm/ddpm_tiny_a.pt", map_location="cpu",
-                                            weights_only=True).items()}
-  params = M.ddpm_params_from_state_dict(sd, cfg)
-  return model_prior(M.DDPMUNet.from_config(cfg), params, D.get_schedule("linear", 1000, "float32"))
+  """The real upstream DDPM U-Net `ddpm/ddpm_tiny_a`, float32-betas schedule (as DeqIR)."""
+  return ddpm_tiny_prior("float32")
 
 
 @pytest.fixture(scope="module")

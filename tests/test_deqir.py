@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
-from references import FIXTURES, nhwc, rel_err
+from references import FIXTURES, ddpm_tiny_prior, nhwc, rel_err
 from jaxir.diffusion import get_schedule
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.models import ddpm as M
@@ -40,11 +39,7 @@ EXACT = dict(solver="picard", tol=1e-30)  # Picard that never stops early
 @pytest.fixture(scope="module")
 def tiny_prior():
   """The real upstream DDPM U-Net `ddpm/ddpm_tiny_a`, float32-betas schedule (as DeqIR)."""
-  cfg = M.ddpm_config(**json.load(open(f"{FIX}/ddpm/ddpm_tiny_a.json")))
-  sd = {k: v.numpy() for k, v in torch.load(f"{FIX}/ddpm/ddpm_tiny_a.pt", map_location="cpu",
-                                            weights_only=True).items()}
-  params = M.ddpm_params_from_state_dict(sd, cfg)
-  return model_prior(M.DDPMUNet.from_config(cfg), params, get_schedule("linear", 1000, "float32"))
+  return ddpm_tiny_prior("float32")
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ from jaxir.errors import ConfigError
 from jaxir.solvers.common import callable_module, check_measurement, residual_norm
 
 __all__ = ["DDNMConfig", "DDNMInfo", "uniform_timesteps", "range_space_correction",
-           "ddnm_chain", "ddnm"]
+           "draw_start", "ddnm_chain", "ddnm"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +146,15 @@ def ddnm_chain(x_T, y, operator, prior, *, T: int = 25, etw: float = 0.1, nw: fl
   return x[0]
 
 
+def draw_start(key, operator, nw: float):
+  """(x_T, noise): the chain's start and, when nw != 0, its one shared noise draw
+  (DeqIR's convention), both standard normal of `operator.in_shape`, float32."""
+  k_x, k_n = jax.random.split(key)
+  shape = tuple(operator.in_shape)
+  x_T = jax.random.normal(k_x, shape, jnp.float32)
+  return x_T, (jax.random.normal(k_n, shape, jnp.float32) if nw != 0.0 else None)
+
+
 def ddnm(key, y, operator, prior, config: DDNMConfig = DDNMConfig()):
   """Restore one image with the sequential DDNM-style chain.
 
@@ -166,10 +175,7 @@ def ddnm(key, y, operator, prior, config: DDNMConfig = DDNMConfig()):
   """
   check_measurement(y, operator)
   _check_linear(operator)
-  k_x, k_n = jax.random.split(key)
-  shape = tuple(operator.in_shape)
-  x_T = jax.random.normal(k_x, shape, jnp.float32)
-  noise = jax.random.normal(k_n, shape, jnp.float32) if config.nw != 0.0 else None
+  x_T, noise = draw_start(key, operator, config.nw)
   x = ddnm_chain(x_T, y, operator, prior, T=config.T, etw=config.etw, nw=config.nw, noise=noise)
   info = DDNMInfo(nfe=jnp.asarray(config.T, jnp.int32), residual=residual_norm(operator, x, y))
   return x, info

@@ -53,7 +53,8 @@ from jaxir.diffusion.ddim import ddim_step, x0_from_eps
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.fixed_point import Anderson, Picard, fixed_point
 from jaxir.solvers.common import callable_module, check_measurement
-from jaxir.solvers.ddnm import _check_linear, range_space_correction, uniform_timesteps
+from jaxir.solvers.ddnm import (_check_linear, draw_start, range_space_correction,
+                                uniform_timesteps)
 
 __all__ = ["DeqIRConfig", "DeqIRInfo", "deqir_timesteps", "joint_map", "deqir_solver",
            "solve_slots", "deqir_solve", "init_loss", "optimize_init", "deqir"]
@@ -345,10 +346,7 @@ def deqir(key, y, operator, prior, config: DeqIRConfig = DeqIRConfig(), *, x_gt=
   """
   check_measurement(y, operator)
   _check_linear(operator)
-  k_x, k_n = jax.random.split(key)
-  shape = tuple(operator.in_shape)
-  x_T = jax.random.normal(k_x, shape, jnp.float32)
-  noise = jax.random.normal(k_n, shape, jnp.float32) if config.nw != 0.0 else None
+  x_T, noise = draw_start(key, operator, config.nw)
   losses = jnp.zeros((0,), jnp.float32)
   if config.init_steps > 0:
     x_T, losses = optimize_init(x_T, y, operator, prior, config, x_gt=x_gt, noise=noise)
