@@ -11,11 +11,11 @@ y = A(x) + sigma_y * n with the task's operator (the papers' protocol), restores
 it, and reports PSNR / SSIM / LPIPS against the input. With `--measured` the
 input *is* the measurement (a noisy, blurred or low-resolution picture).
 
-Inputs are read with the prior's channel count (mnist32: 1, grey; natural64:
-3, RGB): a colour input given to a grey prior is converted to grey with the
-standard luma weights (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B), and a grey
-input given to an RGB prior is replicated to three channels. A grey prior
-writes grey PNGs.
+Inputs are read with the prior's channel count (1 for a grey prior, 3 for RGB;
+both shipped priors take 3, mnist32 as grey digits replicated): a colour input
+given to a grey prior is converted to grey with the standard luma weights
+(ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B), and a grey input given to an RGB
+prior is replicated to three channels. A grey prior writes grey PNGs.
 
 Outputs in --out: `<name>_restored.png`, `<name>_measurement.png`,
 `<name>_compare.png` (side by side) and `metrics.json`.
@@ -236,7 +236,7 @@ def _add_restore_args(ap, demo: bool = False):
   ap.add_argument("--task", default=d.get("task", "sr4"), help="see `jaxir tasks` (default sr4)")
   ap.add_argument("--solver", choices=SOLVERS, default=d.get("solver", "dcdp"))
   ap.add_argument("--prior", default=d.get("prior", "natural64"),
-                  help="shipped prior (mnist32: grey, 1 channel; natural64: RGB) or named "
+                  help="shipped prior (mnist32, natural64) or named "
                        "config with --checkpoint; inputs are converted to its channel count")
   ap.add_argument("--checkpoint", default=None, help="checkpoint file or converted folder")
   ap.add_argument("--sigma-y", type=float, default=None, help="measurement noise (task default)")
@@ -256,8 +256,8 @@ def main(argv=None) -> int:
   sub = ap.add_subparsers(dest="command", required=True)
   r = sub.add_parser("restore", help="restore an image or a folder of images")
   r.add_argument("input", help="image file or folder; read with the prior's channel count "
-                 "(colour to grey with the luma weights 0.299/0.587/0.114 for a grey prior such "
-                 "as mnist32, grey replicated to RGB for an RGB prior)")
+                 "(colour to grey with the luma weights 0.299/0.587/0.114 for a grey prior, "
+                 "grey replicated to RGB for an RGB prior)")
   r.add_argument("--measured", action="store_true",
                  help="the input is the measurement (default: a clean image to degrade)")
   r.add_argument("--mask", default=None, help="with --measured inpainting: mask PNG, white = seen")
