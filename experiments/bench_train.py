@@ -329,7 +329,6 @@ def _breakdown(cfg, args, apply_fn, jloop, tloop, data, abar):
 def bench_config(name: str, args, threads: int) -> dict:
   """Time jaxir's and PyTorch's training step for one config; returns the results."""
   import jax
-  import torch
 
   from jaxir.diffusion.schedule import get_schedule
   from jaxir.models.convert import adm_state_dict_from_params, count_params
