@@ -8,6 +8,7 @@ from jaxir.operators.kernels import (gaussian_kernel, kernel_from_logits, kernel
 from jaxir.operators.color import DDRM_GRAY_WEIGHTS, Colorization
 from jaxir.operators.denoise import Identity
 from jaxir.operators.inpaint import Inpaint, box_mask, random_mask
+from jaxir.operators.matrix import MatrixOperator, matrix_operator
 from jaxir.operators.blind import BlindBlur, BlindDenoise, BlindSR, NonBlind
 from jaxir.operators.noise import bird_noise, gaussian_noise, poisson_noise
 from jaxir.operators.phase_retrieval import PhaseRetrieval
@@ -23,4 +24,4 @@ __all__ = ["Operator", "LinearOperator", "SVDOperator", "adjoint_error", "cg",
            "gaussian_noise", "poisson_noise", "Identity", "Inpaint", "box_mask", "random_mask",
            "Colorization", "DDRM_GRAY_WEIGHTS", "BicubicSR", "AvgPoolSR", "resizer_matrix",
            "SeparableBlur", "deblur_gauss", "deblur_uni", "deblur_aniso", "WalshHadamardCS",
-           "walsh_hadamard_cs"]
+           "walsh_hadamard_cs", "MatrixOperator", "matrix_operator"]

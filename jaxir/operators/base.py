@@ -97,10 +97,16 @@ class SVDOperator(LinearOperator):
     v = jnp.zeros((n,), u.dtype).at[: s.shape[0]].set(s * u)
     return self.V(v)
 
+  #: singular values at most `pinv_rcond * max(s)` count as zero in `pinv` (float32
+  #: rounding of an exact zero; NumPy's `pinv` rule). Operators whose spectrum decays
+  #: smoothly (blurs) set their own floor on `singulars()` (DDRM: 3e-2).
+  pinv_rcond = 1e-5
+
   def pinv(self, y):
     s = self.singulars()
     u = self.UT(y)
-    inv = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
+    keep = s > self.pinv_rcond * jnp.max(jnp.abs(s))
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
     n = int(np.prod(self.in_shape))
     v = jnp.zeros((n,), u.dtype).at[: s.shape[0]].set(inv * u)
     return self.V(v)
