@@ -172,18 +172,17 @@ def build_prior(args, on_gpu):
 def _solver(name, task, args):
   from jaxir.solvers.dcdp import dcdp, dcdp_nfe, dcdp_preset
   from jaxir.solvers.dps import dps, dps_preset
-  from jaxir.tasks import TASKS
-  t = TASKS[task]
+  from jaxir.solvers.registry import DCDP_TASK_PRESETS, DPS_TASK_PRESETS
   if name == "bird":
     return _bird_solver(args)
   if name == "dcdp_ddim":
-    cfg = dcdp_preset(t.dcdp_preset)
-    return dcdp, cfg, t.dcdp_preset, dcdp_nfe(cfg)
+    cfg = dcdp_preset(DCDP_TASK_PRESETS[task])
+    return dcdp, cfg, DCDP_TASK_PRESETS[task], dcdp_nfe(cfg)
   if name == "dcdp_tweedie":
-    cfg = dcdp_preset(t.dcdp_preset, tweedie=True)
-    return dcdp, cfg, t.dcdp_preset + "+tweedie", dcdp_nfe(cfg)
-  cfg = dps_preset(t.dps_preset, num_steps=args.dps_steps)
-  return dps, cfg, f"{t.dps_preset} ({args.dps_steps} steps)", None
+    cfg = dcdp_preset(DCDP_TASK_PRESETS[task], tweedie=True)
+    return dcdp, cfg, DCDP_TASK_PRESETS[task] + "+tweedie", dcdp_nfe(cfg)
+  cfg = dps_preset(DPS_TASK_PRESETS[task], num_steps=args.dps_steps)
+  return dps, cfg, f"{DPS_TASK_PRESETS[task]} ({args.dps_steps} steps)", None
 
 
 def _bird_solver(args):

@@ -142,8 +142,8 @@ def _score(fn, cfg, skeys, y_b, op_b, prior, xs) -> float:
 
 
 def base_name(task):
-  from jaxir.tasks import TASKS
-  return TASKS[task].dcdp_preset
+  from jaxir.solvers.registry import DCDP_TASK_PRESETS
+  return DCDP_TASK_PRESETS[task]
 
 
 if __name__ == "__main__":

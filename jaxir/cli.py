@@ -29,56 +29,21 @@ import sys
 import time
 from pathlib import Path
 
-SOLVERS = ("dcdp", "dcdp-tweedie", "dps")
 EXAMPLES = Path(__file__).resolve().parent / "assets" / "examples"
 DEMO = dict(image="mnist32_heldout_0012.png", prior="mnist32", task="sr4", solver="dcdp")
 
 
-def _parse_value(text: str):
-  for cast in (int, float):
-    try:
-      return cast(text)
-    except ValueError:
-      pass
-  return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
 def solver_config(solver: str, task_name: str, overrides=(), prior: str | None = None,
                   sigma_y: float | None = None):
-  """The (function, config) of `solver` for a task, with `KEY=VALUE` overrides.
+  """The (function, config) of a registered solver for a task, with `KEY=VALUE` overrides.
 
-  DCDP uses the preset tuned for `prior` ("<prior>/<task>" in `DCDP_PRESETS`)
-  when there is one, else the official preset of the task, moved to the noise
-  level `sigma_y` (default: the task's) with `dcdp.for_noise`. Overrides
-  are applied last.
+  See `jaxir.solvers.registry.SolverSpec.config`: the solver's preset for the
+  task (DCDP: the one tuned for `prior`, "<prior>/<task>", when there is one),
+  moved to the noise level `sigma_y` (default: the task's); overrides last.
   """
-  from jaxir.errors import ConfigError
-  from jaxir.solvers import DCDP_PRESETS, dcdp, dcdp_preset, dps, dps_preset
-  from jaxir.tasks import TASKS
-  task = TASKS[task_name]
-  preset = task.dcdp_preset
-  if prior is not None and f"{prior}/{task_name}" in DCDP_PRESETS:
-    preset = f"{prior}/{task_name}"
-  sigma = task.sigma_y if sigma_y is None else float(sigma_y)
-  if solver == "dcdp":
-    fn, cfg = dcdp.dcdp, dcdp.for_noise(dcdp_preset(preset), sigma)
-  elif solver == "dcdp-tweedie":
-    fn, cfg = dcdp.dcdp, dcdp.for_noise(dcdp_preset(preset, tweedie=True), sigma)
-  elif solver == "dps":
-    fn, cfg = dps.dps, dps_preset(task.dps_preset, sigma_y=sigma)
-  else:
-    raise ConfigError(f"unknown solver {solver!r}; choose from {SOLVERS}.")
-  fields = {f.name for f in dataclasses.fields(cfg)}
-  changes = {}
-  for item in overrides:
-    if "=" not in item:
-      raise ConfigError(f"--set takes KEY=VALUE; got {item!r}.")
-    k, v = item.split("=", 1)
-    if k not in fields:
-      raise ConfigError(f"--set {k}: {type(cfg).__name__} has no field {k!r}; fields: "
-                        f"{sorted(fields)}.")
-    changes[k] = _parse_value(v)
-  return fn, dataclasses.replace(cfg, **changes)
+  from jaxir.solvers.registry import get_solver
+  spec = get_solver(solver)
+  return spec.fn, spec.config(task_name, sigma_y=sigma_y, prior=prior, overrides=overrides)
 
 
 def _measured_operator(task_name: str, y_shape, args):
@@ -224,17 +189,20 @@ def _print_summary(summary, out):
 
 
 def _tasks(args) -> int:
+  from jaxir.solvers.registry import DCDP_TASK_PRESETS, DPS_TASK_PRESETS
   from jaxir.tasks import TASKS
   print(f"{'task':<16}{'sigma_y':>8}  {'DCDP preset':<16}{'DPS preset':<16}description")
   for t in TASKS.values():
-    print(f"{t.name:<16}{t.sigma_y:>8.2f}  {t.dcdp_preset:<16}{t.dps_preset:<16}{t.description}")
+    print(f"{t.name:<16}{t.sigma_y:>8.2f}  {DCDP_TASK_PRESETS[t.name]:<16}"
+          f"{DPS_TASK_PRESETS[t.name]:<16}{t.description}")
   return 0
 
 
 def _add_restore_args(ap, demo: bool = False):
   d = DEMO if demo else {}
   ap.add_argument("--task", default=d.get("task", "sr4"), help="see `jaxir tasks` (default sr4)")
-  ap.add_argument("--solver", choices=SOLVERS, default=d.get("solver", "dcdp"))
+  from jaxir.solvers.registry import solver_names
+  ap.add_argument("--solver", choices=solver_names(), default=d.get("solver", "dcdp"))
   ap.add_argument("--prior", default=d.get("prior", "natural64"),
                   help="shipped prior (mnist32, natural64) or named "
                        "config with --checkpoint; inputs are converted to its channel count")

@@ -38,43 +38,38 @@ class Task:
     name: registry name.
     description: one line for help texts.
     sigma_y: default measurement noise std on [-1, 1] images (DPS: 0.05).
-    dcdp_preset: the DCDP preset it uses (`jaxir.solvers.dcdp.DCDP_PRESETS`);
-      tasks the DCDP paper does not run borrow the closest one.
-    dps_preset: the DPS preset it uses (`jaxir.solvers.dps.DPS_PRESETS`), same rule.
+
+  Each solver's preset for a task is in `jaxir.solvers.registry`.
   """
   name: str
   description: str
   sigma_y: float = 0.05
-  dcdp_preset: str = "sr4"
-  dps_preset: str = "sr4"
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("denoise", "Gaussian denoising (identity operator)", 0.2, "sr4", "sr4"),
-    Task("sr4", "x4 super-resolution, DPS bicubic Resizer", 0.05, "sr4", "sr4"),
-    Task("sr8", "x8 super-resolution, DPS bicubic Resizer", 0.05, "sr4", "sr4"),
-    Task("sr4_avgpool", "x4 super-resolution, average pooling (DDNM)", 0.05, "sr4", "sr4"),
+    Task("denoise", "Gaussian denoising (identity operator)", 0.2),
+    Task("sr4", "x4 super-resolution, DPS bicubic Resizer", 0.05),
+    Task("sr8", "x8 super-resolution, DPS bicubic Resizer", 0.05),
+    Task("sr4_avgpool", "x4 super-resolution, average pooling (DDNM)", 0.05),
     Task("gaussian_deblur", "Gaussian blur, 61x61 sigma 3.0 at 256 px, reflect padding",
-         0.05, "gaussian_deblur", "gaussian_deblur"),
+         0.05),
     Task("motion_deblur", "motion blur, 61x61 intensity 0.5 at 256 px, reflect padding",
-         0.05, "motion_deblur", "motion_deblur"),
+         0.05),
     Task("box_inpaint", "inpainting of a 128x128 box (at 256 px) at a random place",
-         0.05, "box_inpaint", "box_inpaint"),
-    Task("random_inpaint", "inpainting of 70% missing random pixels", 0.05, "box_inpaint",
-         "inpaint"),
-    Task("colorize", "colorization (channel mean)", 0.0, "sr4", "sr4"),
-    Task("phase_retrieval", "Fourier phase retrieval, oversampling 2.0", 0.05,
-         "phase_retrieval", "phase_retrieval"),
+         0.05),
+    Task("random_inpaint", "inpainting of 70% missing random pixels", 0.05),
+    Task("colorize", "colorization (channel mean)", 0.0),
+    Task("phase_retrieval", "Fourier phase retrieval, oversampling 2.0", 0.05),
     # DDRM/DDNM/DeqIR SVD-form degradations: the official kernels in pixels at any image
     # size, noiseless as the official runs (DeqIR `runners/diffusion.py`, no --add_noise).
     Task("deblur_gauss", "separable Gaussian blur, 5 taps sigma 10, zero padding (DDRM/DeqIR)",
-         0.0, "gaussian_deblur", "gaussian_deblur"),
+         0.0),
     Task("deblur_uni", "separable uniform blur, 9 taps, zero padding (DDRM/DeqIR)",
-         0.0, "gaussian_deblur", "gaussian_deblur"),
+         0.0),
     Task("deblur_aniso", "anisotropic separable Gaussian, 9 taps sigma 1 (H) / 20 (W) (DeqIR)",
-         0.0, "gaussian_deblur", "gaussian_deblur"),
+         0.0),
     Task("cs_wh", "Walsh-Hadamard compressed sensing, ratio 0.5, random permutation (DeqIR)",
-         0.0, "sr4", "sr4"),
+         0.0),
 ]}
 
 

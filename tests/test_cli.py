@@ -87,7 +87,7 @@ def test_solver_config_overrides_and_errors():
   with pytest.raises(ConfigError, match="no field 'KK'"):
     cli.solver_config("dcdp", "sr4", ["KK=3"])
   with pytest.raises(ConfigError, match="unknown solver"):
-    cli.solver_config("ddrm", "sr4")
+    cli.solver_config("no-such-solver", "sr4")
 
 
 def test_solver_config_uses_the_prior_preset_at_the_run_noise():

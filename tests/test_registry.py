@@ -1,0 +1,81 @@
+"""The solver registry: every entry point's one table of solvers and presets."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxir.errors import ConfigError
+from jaxir.operators import AvgPoolSR, Blur, gaussian_blur
+from jaxir.priors.analytic import gaussian_prior
+from jaxir.solvers import registry
+from jaxir.tasks import TASKS
+
+# Each solver at a tiny setting (a few network calls), for the smoke solve below.
+TINY = {"dcdp": dict(K=2, T0=100, ddim_steps=2, tau=3), "dcdp-tweedie": dict(K=2, T0=100, tau=3),
+        "dps": dict(num_steps=4), "ddnm": dict(T=4), "deqir": dict(T=4, max_iter=6),
+        "bird": dict(iterations=2, delta_t=250)}
+
+
+def test_every_task_has_a_config_for_every_solver():
+  for name in registry.solver_names():
+    spec = registry.get_solver(name)
+    for task in TASKS:
+      cfg = spec.config(task)
+      assert isinstance(cfg, spec.config_cls)
+    assert spec.presets, name
+
+
+def test_names_overrides_and_errors():
+  with pytest.raises(ConfigError, match="unknown solver 'nope'.*dcdp"):
+    registry.get_solver("nope")
+  spec = registry.get_solver("dps")
+  with pytest.raises(ConfigError, match="unknown task"):
+    spec.config("nope")
+  with pytest.raises(ConfigError, match="no field 'bogus'"):
+    spec.config("sr4", overrides=["bogus=1"])
+  with pytest.raises(ConfigError, match="KEY=VALUE"):
+    spec.config("sr4", overrides=["num_steps"])
+  cfg = spec.config("sr4", overrides=["num_steps=7", "variance=fixed_small"])
+  assert (cfg.num_steps, cfg.variance) == (7, "fixed_small")
+  assert registry.parse_overrides(["a=1", "b=0.5", "c=true", "d=none", "e=x"]) == dict(
+      a=1, b=0.5, c=True, d=None, e="x")
+  # the noise level reaches the config where the solver has one
+  assert spec.config("sr4", sigma_y=0.1).sigma_y == 0.1
+  assert registry.get_solver("dcdp").config("gaussian_deblur", prior="mnist32").mu > 0
+
+
+def test_operator_requirements():
+  shape = (8, 8, 1)
+  blur = gaussian_blur(shape, size=3, sigma=1.0)
+  assert isinstance(blur, Blur) and not hasattr(blur, "singulars")
+  for name in registry.solver_names():
+    spec = registry.get_solver(name)
+    assert spec.supports(AvgPoolSR(shape, scale=2))
+    if spec.requires == "svd":
+      assert not spec.supports(blur)
+      with pytest.raises(ConfigError, match="SVD operator"):
+        spec.check_operator(blur)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_each_solver_runs_from_the_registry(name):
+  """Registered function + task config run jitted and vmapped on an analytic prior, and
+  the same key gives the same result."""
+  shape = (8, 8, 1)
+  prior = gaussian_prior(jnp.zeros(shape), 0.5 * jnp.ones(shape))
+  spec = registry.get_solver(name)
+  task = "sr4_avgpool"
+  cfg = spec.config(task, overrides=TINY[name])
+  op = AvgPoolSR(shape, scale=2)
+  spec.check_operator(op)
+  x = jax.random.normal(jax.random.key(1), (2,) + shape) * 0.5
+  y = jax.vmap(op.A)(x)
+  keys = jax.random.split(jax.random.key(0), 2)
+  run = jax.jit(jax.vmap(spec.fn, in_axes=(0, 0, None, None, None)), static_argnums=4)
+  xh, info = run(keys, y, op, prior, cfg)
+  xh2, _ = run(keys, y, op, prior, cfg)
+  assert xh.shape == (2,) + shape and bool(jnp.all(jnp.isfinite(xh)))
+  np.testing.assert_array_equal(np.asarray(xh), np.asarray(xh2))
+  assert TINY[name].keys() <= {f.name for f in dataclasses.fields(cfg)}
