@@ -142,3 +142,20 @@ def test_ddim_sample_is_deterministic_given_key_and_jits():
   assert np.max(np.abs(np.asarray(a) - np.asarray(c))) > 1e-3
   with pytest.raises(ConfigError, match="key"):
     D.ddim_sample(lambda x, t: x, x_T, [0, 10], eta=1.0)
+
+
+def test_ddim_loop_mask_skips_padding_steps():
+  """ddim_loop over padded tables with a mask equals ddim_sample over the real steps."""
+  sched = D.get_schedule("linear", 1000)
+  model = lambda x, t: jnp.tanh(x) * (t[:, None, None, None] / 1000.0 + 0.1)
+  x_T = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+  ts = [0, 300, 600]
+  ref = D.ddim_sample(model, x_T, ts, schedule=sched)
+  t_model, ac, ac_prev = D.ddim_tables(ts, schedule=sched)
+  pad = lambda a, v: jnp.concatenate([jnp.asarray(a)[::-1], jnp.full((2,), v, jnp.asarray(a).dtype)])
+  mask = jnp.array([True] * 3 + [False] * 2)
+  out = jax.jit(lambda m: D.ddim_loop(model, x_T, pad(t_model, 5), pad(ac, 0.5), pad(ac_prev, 0.9),
+                                      mask=m))(mask)
+  np.testing.assert_allclose(out, ref, atol=1e-6)
+  wrong = D.ddim_loop(model, x_T, pad(t_model, 5), pad(ac, 0.5), pad(ac_prev, 0.9))
+  assert float(jnp.max(jnp.abs(wrong - ref))) > 1e-3  # the mask matters

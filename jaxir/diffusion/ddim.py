@@ -18,7 +18,7 @@ import numpy as np
 from jaxir.diffusion.schedule import Schedule, beta_schedule, respaced_alphas_cumprod
 from jaxir.errors import ConfigError, ShapeError
 
-__all__ = ["q_sample", "x0_from_eps", "eps_from_x0", "split_eps", "ddim_step",
+__all__ = ["q_sample", "x0_from_eps", "eps_from_x0", "split_eps", "ddim_step", "ddim_loop",
            "ddim_sample", "ddim_tables"]
 
 
@@ -178,12 +178,44 @@ def ddim_sample(model_fn: Callable, x_T, timesteps, *, eta: float = 0.0,
   if eta != 0.0 and key is None and noise is None:
     raise ConfigError("ddim_sample with eta > 0 draws noise: pass key=jax.random.key(...).")
   t_model, ac, ac_prev = ddim_tables(timesteps, num_timesteps=num_timesteps, schedule=schedule)
-  n = x_T.shape[0]
   keys = jax.random.split(key if key is not None else jax.random.key(0), len(t_model))
-  xs = (t_model[::-1], ac[::-1], ac_prev[::-1], keys[::-1])
+  return ddim_loop(model_fn, x_T, t_model[::-1], ac[::-1], ac_prev[::-1], eta=eta,
+                   clip_denoised=clip_denoised, keys=keys[::-1] if eta != 0.0 else None,
+                   x0_fn=x0_fn, keep_eps=keep_eps, etw=etw, noise=noise)
 
-  def body(x, inp):
-    t, a, a_prev, k = inp
+
+def ddim_loop(model_fn: Callable, x_T, t_model, abar, abar_prev, *, mask=None, eta=0.0,
+              clip_denoised: bool = True, keys=None, x0_fn: Callable | None = None,
+              keep_eps: bool = False, etw=None, noise=None):
+  """The DDIM loop over given step tables (sampling order), in one `lax.scan`.
+
+  `ddim_sample` builds the tables from a list of timesteps; callers whose steps
+  are traced (DCDP's purification inside its outer loop, one compilation for
+  every t_k) pass them directly, padded, with `mask`.
+
+  Args:
+    model_fn: `model_fn(x, t)`, x (N, H, W, C), t int32 (N,); raw model output.
+    x_T: (N, H, W, C) start.
+    t_model: (S,) int32 model timesteps, highest first (may be traced).
+    abar, abar_prev: (S,) alphas_cumprod at each step and at the next, less
+      noisy one (1 after the last step).
+    mask: optional (S,) bool; False steps are skipped (padding).
+    eta, clip_denoised, x0_fn, keep_eps, etw, noise: as in `ddim_sample`.
+    keys: (S,) `jax.random` keys for fresh noise per step (eta != 0, no `noise`).
+
+  Returns:
+    (N, H, W, C) final state.
+  """
+  if eta != 0.0 and noise is None and keys is None:
+    raise ConfigError("ddim_loop with eta > 0 needs keys=(S,) jax.random keys or noise=.")
+  n = x_T.shape[0]
+  S = jnp.shape(t_model)[0]
+  if mask is None:
+    mask = jnp.ones((S,), bool)
+  if keys is None:
+    keys = jnp.zeros((S,), jnp.uint32)  # unused placeholders
+
+  def step(x, t, a, a_prev, k):
     eps = split_eps(model_fn(x, jnp.full((n,), t, jnp.int32)), x.shape[-1])
     z = None
     if eta != 0.0:
@@ -191,7 +223,11 @@ def ddim_sample(model_fn: Callable, x_T, timesteps, *, eta: float = 0.0,
     fn = None if x0_fn is None else (lambda x0: x0_fn(x0, t))
     x, _ = ddim_step(x, eps, a, a_prev, eta=eta, noise=z, clip=clip_denoised, x0_fn=fn,
                      keep_eps=keep_eps, etw=etw)
-    return x, None
+    return x
 
-  x, _ = jax.lax.scan(body, x_T, xs)
+  def body(x, inp):
+    t, a, a_prev, k, m = inp
+    return jax.lax.cond(m, lambda x: step(x, t, a, a_prev, k), lambda x: x, x), None
+
+  x, _ = jax.lax.scan(body, x_T, (t_model, abar, abar_prev, keys, mask))
   return x

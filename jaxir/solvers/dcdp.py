@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxir.diffusion.ddim import ddim_step, q_sample
+from jaxir.diffusion.ddim import ddim_loop, q_sample
 from jaxir.diffusion.respace import space_timesteps
 from jaxir.errors import ConfigError
-from jaxir.solvers.common import callable_module, check_measurement, eps_single, noise_like, residual_norm
+from jaxir.solvers.common import callable_module, check_measurement, noise_like, residual_norm
 
 __all__ = ["DCDPConfig", "DCDPInfo", "DCDP_PRESETS", "dcdp_preset", "for_noise", "effective_step",
            "rescale_lr", "dcdp_schedule", "dcdp_nfe", "PurificationTable", "purification_table",
@@ -298,9 +298,9 @@ def purify_row(prior, x, noise, row: PurificationTable):
   """Purification along one row of a `PurificationTable` (the lax-loop form).
 
   Noises x to row.t_noise with the given draw, then runs the deterministic DDIM
-  steps of the row (skipping masked ones); the last step goes to abar_prev = 1,
-  where the DDIM update returns the clipped x0. The row's arrays may be traced,
-  so one compilation serves every t_k.
+  steps of the row with the shared `ddim_loop` (masked steps skipped); the last
+  step goes to abar_prev = 1, where the DDIM update returns the clipped x0. The
+  row's arrays may be traced, so one compilation serves every t_k.
 
   Args:
     prior: a `jaxir.priors.Prior`.
@@ -313,20 +313,10 @@ def purify_row(prior, x, noise, row: PurificationTable):
   """
   ac = prior.schedule.alphas_cumprod
   x_t = q_sample(x, ac[row.t_noise], noise)
-
-  def step(x, inp):
-    t, tp, m = inp
-
-    def run(x):
-      eps = eps_single(prior, x, t)
-      a_prev = jnp.where(tp >= 0, ac[jnp.maximum(tp, 0)], 1.0)
-      x_prev, _ = ddim_step(x, eps, ac[t], a_prev, eta=0.0, clip=True)
-      return x_prev
-
-    return jax.lax.cond(m, run, lambda x: x, x), None
-
-  x0, _ = jax.lax.scan(step, x_t, (row.steps, row.prev, row.mask))
-  return x0
+  a_prev = jnp.where(row.prev >= 0, ac[jnp.maximum(row.prev, 0)], 1.0)
+  x0 = ddim_loop(prior.model, x_t[None], row.steps, ac[row.steps], a_prev, mask=row.mask,
+                 clip_denoised=True)
+  return x0[0]
 
 
 def purify(prior, x, t_k: int, key_or_noise, *, ddim_steps: int = 20, tweedie: bool = False):
