@@ -3,8 +3,10 @@
 Each shipped prior is `<name>.safetensors` (EMA weights under guided-diffusion
 state-dict keys) plus `<name>.json` (the `create_model` arguments and the
 training record) in the checkpoint folder: `$JAXIR_CHECKPOINTS` if set, else
-the repository's `checkpoints/` (next to the `jaxir/` package). See
-`checkpoints/README.md` for the model cards.
+the repository's `checkpoints/` (next to the `jaxir/` package, in a clone or an
+editable install), else `jaxir/checkpoints/` inside an installed wheel (where
+the build maps the repository's folder). See `checkpoints/README.md` for the
+model cards.
 """
 from __future__ import annotations
 
@@ -24,7 +26,13 @@ SHIPPED = ("mnist32", "natural64")
 def checkpoint_dir() -> Path:
   """The folder holding the shipped priors."""
   env = os.environ.get("JAXIR_CHECKPOINTS")
-  return Path(env) if env else Path(__file__).resolve().parents[2] / "checkpoints"
+  if env:
+    return Path(env)
+  package = Path(__file__).resolve().parents[1]
+  clone = package.parent / "checkpoints"
+  if (clone / f"{SHIPPED[0]}.json").is_file():
+    return clone
+  return package / "checkpoints"
 
 
 def _files(name: str) -> tuple[Path, Path]:
@@ -32,9 +40,9 @@ def _files(name: str) -> tuple[Path, Path]:
   st, js = d / f"{name}.safetensors", d / f"{name}.json"
   missing = [str(p) for p in (st, js) if not p.is_file()]
   if missing:
-    raise CheckpointError(f"shipped prior {name!r}: missing {missing}. Run from a full clone of "
-                          "jaxir (the files live in checkpoints/), or set JAXIR_CHECKPOINTS to "
-                          "the folder holding them.")
+    raise CheckpointError(f"shipped prior {name!r}: missing {missing}. Install jaxir from a "
+                          "wheel or a full clone (the files live in checkpoints/), or set "
+                          "JAXIR_CHECKPOINTS to the folder holding them.")
   return st, js
 
 
