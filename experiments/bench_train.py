@@ -104,7 +104,7 @@ def _load_avgs() -> str:
 
 
 def _lr_factor(cfg, n: int) -> float:
-  """jaxir's learning-rate schedule (`trainer._lr_schedule`) at optimizer step n, / peak lr."""
+  """jaxir's learning-rate schedule (`jaxir.train.state.lr_schedule`) at optimizer step n, / peak lr."""
   w = max(cfg.warmup_steps, 1)
   if n < w:
     return n / w

@@ -18,6 +18,7 @@ import torch
 
 from jaxir.errors import ConfigError
 from jaxir.train import configs, data, trainer
+from jaxir.train.state import lr_schedule
 
 
 def _hash_init(key, shape, dtype=jnp.float32):
@@ -163,7 +164,7 @@ def test_truncated_snr_loss_is_max_of_eps_and_x0_errors():
 
 def test_cosine_lr_schedule():
   cfg = _cfg(lr_schedule="cosine", num_steps=105, warmup_steps=5, learning_rate=1e-3)
-  lr = trainer._lr_schedule(cfg)
+  lr = lr_schedule(cfg)
   np.testing.assert_allclose([float(lr(s)) for s in (0, 5, 55, 105)],
                              [0.0, 1e-3, 0.5e-3, 0.0], atol=1e-9)
 

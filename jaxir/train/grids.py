@@ -1,0 +1,46 @@
+"""Sample grids during training: DDIM samples of the EMA weights, saved as a PNG."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxir.diffusion.ddim import ddim_sample
+from jaxir.diffusion.respace import space_timesteps
+
+__all__ = ["sample_grid", "save_grid"]
+
+
+def sample_grid(apply_fn: Callable, params, key, shape, *, steps: int = 50,
+                num_timesteps: int = 1000, schedule: str = "linear"):
+  """Unconditional DDIM samples (eta 0, x0 clipped), float32 (N, H, W, C) in [-1, 1].
+
+  Args:
+    apply_fn, params: the model.
+    key: key of the starting noise.
+    shape: (N, H, W, C).
+    steps: DDIM steps ("ddimN" respacing).
+  """
+  ts = space_timesteps(num_timesteps, f"ddim{steps}")
+  x_T = jax.random.normal(key, shape, jnp.float32)
+  return ddim_sample(lambda x, t: apply_fn(params, x, t), x_T, ts,
+                     num_timesteps=num_timesteps, schedule=schedule)
+
+
+def save_grid(images, path: str, nrow: int | None = None):
+  """Write (N, H, W, C) images in [-1, 1] as one PNG grid (1-pixel white gaps)."""
+  from PIL import Image
+  x = np.asarray(images, np.float32)
+  n, h, w, c = x.shape
+  nrow = nrow or int(np.ceil(np.sqrt(n)))
+  ncol = int(np.ceil(n / nrow))
+  grid = np.ones((ncol * (h + 1) + 1, nrow * (w + 1) + 1, c), np.float32)
+  for i in range(n):
+    r, q = divmod(i, nrow)
+    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = x[i]
+  u8 = np.round((np.clip(grid, -1, 1) + 1) * 127.5).astype(np.uint8)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(u8[..., 0] if c == 1 else u8).save(path)
