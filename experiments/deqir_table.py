@@ -72,7 +72,7 @@ def _timed(fn, *args):
 
 def table(args, prior, xs) -> str:
   from jaxir import io, metrics
-  from jaxir.solvers.ddnm import DDNMConfig, ddnm
+  from jaxir.solvers.ddnm import ddnm, ddnm_preset
   from jaxir.solvers import deqir as Q
   n = xs.shape[0]
   lp = metrics.lpips_params()
@@ -88,7 +88,7 @@ def table(args, prior, xs) -> str:
       print(f"| {task} | skipped: {e} |", flush=True)
       continue
     ys = jax.vmap(op.A)(xs)
-    solvers = [("ddnm", ddnm, DDNMConfig(T=args.T)),
+    solvers = [("ddnm", ddnm, ddnm_preset("deqir", T=args.T)),
                ("deqir", Q.deqir, Q.DeqIRConfig(T=args.T))]
     if args.init_steps:
       solvers.append(("deqir+init", Q.deqir,

@@ -7,11 +7,11 @@ building blocks, and are callable as the solver itself:
 from jaxir.solvers import bird, dcdp, ddnm, deqir, dps
 from jaxir.solvers.bird import BIRD_PRESETS, BIRDConfig, BIRDInfo, bird_preset
 from jaxir.solvers.dcdp import DCDP_PRESETS, DCDPConfig, DCDPInfo, dcdp_nfe, dcdp_preset
-from jaxir.solvers.ddnm import DDNMConfig, DDNMInfo
+from jaxir.solvers.ddnm import DDNM_PRESETS, DDNMConfig, DDNMInfo, ddnm_preset
 from jaxir.solvers.deqir import DeqIRConfig, DeqIRInfo
 from jaxir.solvers.dps import DPS_PRESETS, DPSConfig, DPSInfo, dps_preset
 
 __all__ = ["bird", "BIRDConfig", "BIRDInfo", "BIRD_PRESETS", "bird_preset",
            "dcdp", "dps", "DCDPConfig", "DCDPInfo", "DCDP_PRESETS", "dcdp_preset", "dcdp_nfe",
-           "ddnm", "DDNMConfig", "DDNMInfo", "deqir", "DeqIRConfig", "DeqIRInfo",
+           "ddnm", "DDNMConfig", "DDNMInfo", "DDNM_PRESETS", "ddnm_preset", "deqir", "DeqIRConfig", "DeqIRInfo",
            "DPSConfig", "DPSInfo", "DPS_PRESETS", "dps_preset"]

@@ -40,6 +40,9 @@ class SolverSpec:
     requires: "any" (any differentiable operator), "linear" (needs `AT`/`pinv`)
       or "svd" (needs an `SVDOperator`).
     description: one line for help texts.
+    task_presets: task -> the name of the preset `make_config` starts from
+      (help texts and `jaxir tasks`; tasks not listed use the solver's
+      default).
   """
   name: str
   fn: Callable
@@ -48,6 +51,7 @@ class SolverSpec:
   presets: Mapping[str, Any]
   requires: str = "any"
   description: str = ""
+  task_presets: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.requires not in _REQUIRES:
@@ -180,6 +184,12 @@ def _default_config(cls):
   return lambda task, sigma_y, prior: cls()
 
 
+def _ddnm_config(task, sigma_y, prior):
+  """DDNM's paper preset for the task (100 steps, eta 0.85), DDNM+ when sigma_y > 0."""
+  from jaxir.solvers.ddnm import DDNM_PRESETS, ddnm_preset
+  return ddnm_preset(task if task in DDNM_PRESETS else "sr4", sigma_y=sigma_y)
+
+
 def _bird_config(task, sigma_y, prior):
   from jaxir.solvers.bird import bird_preset
   return bird_preset(BIRD_TASK_PRESETS.get(task, "paper"))
@@ -197,20 +207,24 @@ def _register_builtins():
   from jaxir.solvers import bird, dcdp, ddnm, deqir, dps
   register(SolverSpec("dcdp", dcdp.dcdp, dcdp.DCDPConfig, _dcdp_config(False),
                       dcdp.DCDP_PRESETS, "any",
-                      "DCDP: data-consistency steps alternated with DDIM purification"))
+                      "DCDP: data-consistency steps alternated with DDIM purification",
+                      DCDP_TASK_PRESETS))
   register(SolverSpec("dcdp-tweedie", dcdp.dcdp, dcdp.DCDPConfig, _dcdp_config(True),
                       dcdp.DCDP_PRESETS, "any",
-                      "DCDP with one-step Tweedie purification (the fast variant)"))
+                      "DCDP with one-step Tweedie purification (the fast variant)",
+                      DCDP_TASK_PRESETS))
   register(SolverSpec("dps", dps.dps, dps.DPSConfig, _dps_config, dps.DPS_PRESETS, "any",
-                      "DPS: ancestral sampling with measurement-gradient guidance"))
-  register(SolverSpec("ddnm", ddnm.ddnm, ddnm.DDNMConfig, _default_config(ddnm.DDNMConfig),
-                      {"deqir": ddnm.DDNMConfig()}, "linear",
-                      "DDNM: DDIM with the range-space projection (DeqIR's sequential chain)"))
+                      "DPS: ancestral sampling with measurement-gradient guidance",
+                      DPS_TASK_PRESETS))
+  register(SolverSpec("ddnm", ddnm.ddnm, ddnm.DDNMConfig, _ddnm_config, ddnm.DDNM_PRESETS, "svd",
+                      "DDNM/DDNM+: DDIM with the range-space projection (noise-aware with "
+                      "sigma_y > 0)"))
   register(SolverSpec("deqir", deqir.deqir, deqir.DeqIRConfig,
                       _default_config(deqir.DeqIRConfig), {"official": deqir.DeqIRConfig()},
                       "linear", "DeqIR: the DDNM chain as one fixed point, all steps in parallel"))
   register(SolverSpec("bird", _bird_fn, bird.BIRDConfig, _bird_config, bird.BIRD_PRESETS, "any",
-                      "BIRD: optimize the noise of a short DDIM chain (and a blind kernel)"))
+                      "BIRD: optimize the noise of a short DDIM chain (and a blind kernel)",
+                      BIRD_TASK_PRESETS))
 
 
 _register_builtins()
