@@ -25,10 +25,10 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxir.errors import ConfigError, ShapeError
+from jaxir.models.attention import AttentionConfig, attention
 from jaxir.models.conv import conv_general_dilated
 from jaxir.models.activations import silu
 from jaxir.models.norm import GroupNorm
@@ -263,12 +263,15 @@ class AttentionBlock(nn.Module):
 
   `qkv` and `proj_out` are 1-D convolutions with kernel 1, as upstream (their
   kernels convert to PyTorch's (out, in, 1)). The legacy order reads the qkv
-  channels as (heads, 3, ch); the new order as (3, heads, ch).
+  channels as (heads, 3, ch); the new order as (3, heads, ch). Above
+  `attention.dense_max_tokens` positions the attention runs over query blocks
+  (`jaxir.models.attention`), in memory linear in the positions.
   """
   num_heads: int = 1
   num_head_channels: int = -1
   use_new_attention_order: bool = False
   dtype: Any = jnp.float32
+  attention: AttentionConfig = AttentionConfig()
 
   @nn.compact
   def __call__(self, x):
@@ -287,10 +290,10 @@ class AttentionBlock(nn.Module):
     # Heads-major (N, heads, T, ch) operands: with the token axis in the
     # middle, XLA CPU ran this block 2-3x slower (16x16, batch 8: 12-15 vs 5-7 ms).
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
+    # Upstream scales q and k by ch**-1/4 each, before the product.
     scale = 1 / math.sqrt(math.sqrt(ch))
-    w = jnp.einsum("nhtc,nhsc->nhts", q * scale, k * scale)
-    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(w.dtype)
-    a = jnp.swapaxes(jnp.einsum("nhts,nhsc->nhtc", w, v), 1, 2).reshape(n, hh * ww, c)
+    a = attention(q * scale, k * scale, v, config=self.attention)
+    a = jnp.swapaxes(a, 1, 2).reshape(n, hh * ww, c)
     a = nn.Conv(c, (1,), dtype=self.dtype, param_dtype=jnp.float32, name="proj_out")(a)
     return (h + a).reshape(n, hh, ww, c)
 
@@ -311,9 +314,12 @@ class ADMUNet(nn.Module):
     dtype: compute dtype of the convolutions and attention (float32 or
       bfloat16); parameters are float32. See the module docstring for the
       measured bfloat16 error.
+    attention: when the attention blocks run over query blocks (large
+      images); an `AttentionConfig`, e.g. `model.clone(attention=...)`.
   """
   config: ADMConfig
   dtype: Any = jnp.float32
+  attention: AttentionConfig = AttentionConfig()
 
   @nn.compact
   def __call__(self, x, t, y=None):
@@ -342,7 +348,7 @@ class ADMUNet(nn.Module):
 
     def att(heads, name):
       return att_cls(heads, cfg.num_head_channels, cfg.use_new_attention_order, dtype=dt,
-                     name=name)
+                     attention=self.attention, name=name)
 
     ted = cfg.time_embed_dim
     emb = timestep_embedding(t, cfg.model_channels)

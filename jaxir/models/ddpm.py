@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxir.errors import CheckpointError, ConfigError, ShapeError
+from jaxir.models.attention import AttentionConfig, attention
 from jaxir.models.conv import conv_general_dilated
 from jaxir.models.activations import silu
 from jaxir.models.norm import GroupNorm
@@ -246,17 +247,20 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-  """Single-head self-attention over all pixels, 1x1 conv q/k/v/proj_out, residual."""
+  """Single-head self-attention over all pixels, 1x1 conv q/k/v/proj_out, residual.
+
+  Above `attention.dense_max_tokens` pixels the attention runs over query
+  blocks (`jaxir.models.attention`), in memory linear in the pixels.
+  """
   dtype: Any = jnp.float32
+  attention: AttentionConfig = AttentionConfig()
 
   @nn.compact
   def __call__(self, x):
     n, hh, ww, c = x.shape
     h = _norm("norm")(x.astype(jnp.float32)).astype(self.dtype)
     q, k, v = (_conv(c, 1, self.dtype, name)(h).reshape(n, hh * ww, c) for name in ("q", "k", "v"))
-    w = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * (c ** -0.5)
-    w = jax.nn.softmax(w, axis=-1).astype(self.dtype)
-    h = jnp.einsum("bij,bjc->bic", w, v).reshape(n, hh, ww, c)
+    h = attention(q, k, v, logit_scale=c ** -0.5, config=self.attention).reshape(n, hh, ww, c)
     return x.astype(self.dtype) + _conv(c, 1, self.dtype, "proj_out")(h)
 
 
@@ -288,9 +292,11 @@ class Upsample(nn.Module):
 class DDPMUNet(nn.Module):
   """ermongroup DDIM `Model`: eps(x_t, t) for NHWC images.
 
-  Fields: `config` (a `DDPMConfig`) and `dtype`, the compute dtype of
-  convolutions, dense layers and attention products (e.g. bfloat16);
-  parameters, GroupNorm and softmax stay float32 and the output is float32.
+  Fields: `config` (a `DDPMConfig`), `dtype`, the compute dtype of
+  convolutions, dense layers and attention products (e.g. bfloat16;
+  parameters, GroupNorm and softmax stay float32 and the output is float32),
+  and `attention`, an `AttentionConfig` saying when attention runs over query
+  blocks (large images; e.g. `model.clone(attention=...)`).
 
   Call: `model.apply(variables, x, t, deterministic=True)` with x (N, H, W,
   in_channels) float32 (H, W divisible by 2**(len(ch_mult)-1)) and t (N,) or
@@ -299,6 +305,7 @@ class DDPMUNet(nn.Module):
   """
   config: DDPMConfig = DDPMConfig()
   dtype: Any = jnp.float32
+  attention: AttentionConfig = AttentionConfig()
 
   @classmethod
   def from_config(cls, config: DDPMConfig, dtype=jnp.float32) -> "DDPMUNet":
@@ -328,14 +335,14 @@ class DDPMUNet(nn.Module):
       for j in range(cfg.num_res_blocks):
         h = block(cfg.ch * cfg.ch_mult[i], name=f"down_{i}_block_{j}")(hs[-1], temb, deterministic)
         if _level_has_attn(cfg, i):
-          h = AttnBlock(dtype=dt, name=f"down_{i}_attn_{j}")(h)
+          h = AttnBlock(dtype=dt, attention=self.attention, name=f"down_{i}_attn_{j}")(h)
         hs.append(h)
       if i != levels - 1:
         hs.append(Downsample(cfg.resamp_with_conv, dtype=dt, name=f"down_{i}_downsample")(hs[-1]))
 
     h = hs[-1]
     h = block(h.shape[-1], name="mid_block_1")(h, temb, deterministic)
-    h = AttnBlock(dtype=dt, name="mid_attn_1")(h)
+    h = AttnBlock(dtype=dt, attention=self.attention, name="mid_attn_1")(h)
     h = block(h.shape[-1], name="mid_block_2")(h, temb, deterministic)
 
     for i in reversed(range(levels)):
@@ -343,7 +350,7 @@ class DDPMUNet(nn.Module):
         h = jnp.concatenate([h, hs.pop()], axis=-1)
         h = block(cfg.ch * cfg.ch_mult[i], name=f"up_{i}_block_{j}")(h, temb, deterministic)
         if _level_has_attn(cfg, i):
-          h = AttnBlock(dtype=dt, name=f"up_{i}_attn_{j}")(h)
+          h = AttnBlock(dtype=dt, attention=self.attention, name=f"up_{i}_attn_{j}")(h)
       if i != 0:
         h = Upsample(cfg.resamp_with_conv, dtype=dt, name=f"up_{i}_upsample")(h)
 
