@@ -14,7 +14,7 @@ from jaxir.tasks import TASKS
 
 # Each solver at a tiny setting (a few network calls), for the smoke solve below.
 TINY = {"dcdp": dict(K=2, T0=100, ddim_steps=2, tau=3), "dcdp-tweedie": dict(K=2, T0=100, tau=3),
-        "dps": dict(num_steps=4), "ddnm": dict(T=4), "deqir": dict(T=4, max_iter=6),
+        "dps": dict(num_steps=4), "ddnm": dict(T=4), "ddrm": dict(steps=4), "deqir": dict(T=4, max_iter=6),
         "bird": dict(iterations=2, delta_t=250)}
 
 

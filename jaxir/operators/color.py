@@ -14,7 +14,7 @@ from flax import struct
 
 from jaxir.errors import ShapeError
 from jaxir.operators.base import SVDOperator
-from jaxir.operators.denoise import _check_in_shape
+from jaxir.operators.denoise import _check_array, _check_in_shape
 
 __all__ = ["Colorization", "DDRM_GRAY_WEIGHTS"]
 
@@ -35,7 +35,9 @@ class Colorization(SVDOperator):
 
   Coefficient layout (DDRM's): `VT(x)` is (Q x_p) for every pixel p, flattened
   in (k, p) order, so the first H W entries are the gray components w·x/|w|;
-  `UT(y)` is y flattened (H W,).
+  `UT(y)` is y flattened (H W,). Every method takes exactly one array (image
+  (H, W, 3), gray measurement (H, W, 1) or coefficient vector) and raises
+  `ShapeError` otherwise, a batch included (batch with `jax.vmap`).
 
   The image must have C = 3 channels (colour from grey): a one-channel (grey)
   image or prior, such as the shipped mnist32, raises `ShapeError`.
@@ -77,13 +79,20 @@ class Colorization(SVDOperator):
     q = np.eye(c) - (2.0 / vv) * np.outer(v, v) if vv > 0 else np.eye(c)
     return jnp.asarray(q, dtype)
 
+  def _y_shape(self):
+    H, W, _ = self.in_shape
+    return (H, W, 1)
+
   def A(self, x):
+    _check_array(x, self.in_shape, "Colorization.A")
     return jnp.sum(x * self._w(x.dtype), axis=-1, keepdims=True)
 
   def AT(self, y):
+    _check_array(y, self._y_shape(), "Colorization.AT")
     return y * self._w(y.dtype)
 
   def pinv(self, y):
+    _check_array(y, self._y_shape(), "Colorization.pinv")
     w = self._w(y.dtype)
     return y * (w / jnp.sum(w * w))
 
@@ -92,17 +101,21 @@ class Colorization(SVDOperator):
     return jnp.full((H * W,), jnp.linalg.norm(self._w(jnp.float32)), jnp.float32)
 
   def VT(self, x):
+    _check_array(x, self.in_shape, "Colorization.VT")
     z = jnp.einsum("hwc,ck->hwk", x, self._basis(x.dtype), precision=_HI)  # Q = Qᵀ
     return jnp.moveaxis(z, -1, 0).reshape(-1)
 
   def V(self, v):
     H, W, C = self.in_shape
+    _check_array(v, (H * W * C,), "Colorization.V")
     z = jnp.moveaxis(v.reshape(C, H, W), 0, -1)
     return jnp.einsum("hwk,kc->hwc", z, self._basis(v.dtype), precision=_HI)
 
   def UT(self, y):
+    _check_array(y, self._y_shape(), "Colorization.UT")
     return y.reshape(-1)
 
   def U(self, u):
     H, W, _ = self.in_shape
+    _check_array(u, (H * W,), "Colorization.U")
     return u.reshape(H, W, 1)

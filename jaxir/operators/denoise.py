@@ -29,10 +29,22 @@ def _check_in_shape(in_shape, name: str) -> tuple:
   return shape
 
 
+def _check_array(a, shape, name: str):
+  """Raise `ShapeError` unless `a` has exactly `shape` (one image or measurement, no batch)."""
+  got = tuple(jnp.shape(a))
+  if got != tuple(shape):
+    raise ShapeError(f"{name} takes one array of shape {tuple(shape)}, got {got}; "
+                     "batch with jax.vmap.")
+  return a
+
+
 class Identity(SVDOperator):
   """y = x, in SVD form with U = V = I and all singular values 1.
 
-  Coefficients are the image flattened in (H, W, C) order.
+  Coefficients are the image flattened in (H, W, C) order. Every method takes
+  exactly one array (an (H, W, C) image or measurement, or an (H W C,)
+  coefficient vector) and raises `ShapeError` on anything else, a batch
+  included.
 
   Attributes:
     in_shape: static (H, W, C).
@@ -41,26 +53,29 @@ class Identity(SVDOperator):
   def __post_init__(self):
     object.__setattr__(self, "in_shape", _check_in_shape(self.in_shape, "Identity"))
 
+  def _n(self):
+    return (int(np.prod(self.in_shape)),)
+
   def A(self, x):
-    return x
+    return _check_array(x, self.in_shape, "Identity.A")
 
   def AT(self, y):
-    return y
+    return _check_array(y, self.in_shape, "Identity.AT")
 
   def pinv(self, y):
-    return y
+    return _check_array(y, self.in_shape, "Identity.pinv")
 
   def singulars(self):
-    return jnp.ones((int(np.prod(self.in_shape)),), jnp.float32)
+    return jnp.ones(self._n(), jnp.float32)
 
   def VT(self, x):
-    return jnp.reshape(x, (-1,))
+    return jnp.reshape(_check_array(x, self.in_shape, "Identity.VT"), (-1,))
 
   def V(self, v):
-    return jnp.reshape(v, self.in_shape)
+    return jnp.reshape(_check_array(v, self._n(), "Identity.V"), self.in_shape)
 
   def UT(self, y):
-    return jnp.reshape(y, (-1,))
+    return jnp.reshape(_check_array(y, self.in_shape, "Identity.UT"), (-1,))
 
   def U(self, u):
-    return jnp.reshape(u, self.in_shape)
+    return jnp.reshape(_check_array(u, self._n(), "Identity.U"), self.in_shape)

@@ -12,13 +12,16 @@ References:
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxir.errors import ConfigError, RangeError, ShapeError
 from jaxir.operators.base import SVDOperator
-from jaxir.operators.denoise import _check_in_shape
+from jaxir.operators.denoise import _check_array, _check_in_shape
 
 __all__ = ["Inpaint", "box_mask", "random_mask"]
 
@@ -31,7 +34,14 @@ class Inpaint(SVDOperator):
   flat order. So that the operator stays jit/vmap friendly with a traced mask,
   every length is n = H W C: `singulars()` is 1 on the observed entries and 0
   on the missing ones (m = n; the zeros pair with the missing entries), `VT(x)`
-  = P x, `UT(y)` = P y (both flat, length n).
+  = P x, `UT(y)` = P y (both flat, length n). P is computed once, when the
+  operator is built (a stable argsort of the mask: NumPy for a concrete mask,
+  `jnp.argsort` for a traced one), and stored as the int32 leaf `perm`; there
+  are no boolean-mask (dynamic) shapes. `op.replace(mask=m)` recomputes it.
+
+  Every method takes exactly one array: an (H, W, C) image or measurement, or
+  an (H W C,) coefficient vector; any other shape, a batch included, raises
+  `ShapeError` (batch with `jax.vmap`).
 
   Attributes:
     in_shape: static (H, W, C).
@@ -40,8 +50,12 @@ class Inpaint(SVDOperator):
       is checked on construction (shape, values), a traced one by shape only.
       The mask is data, not a parameter: gradients with respect to it (which
       are not 0/1) cannot be rebuilt into an `Inpaint`.
+    perm: int32 (H W C,) flat indices, observed entries first (computed from
+      the mask; leave it None). A stacked operator (4-D mask) holds one row per
+      mask.
   """
   mask: jax.Array
+  perm: jax.Array | None = None
 
   def __post_init__(self):
     shape = _check_in_shape(self.in_shape, "Inpaint")
@@ -51,8 +65,12 @@ class Inpaint(SVDOperator):
       m = np.asarray(m)
     if not isinstance(m, (np.ndarray, jax.Array)):
       return  # a placeholder leaf (tree_map, vmap axis spec, eval_shape), not a mask
-    if m.ndim == 4 or m.dtype == jax.dtypes.float0:
-      return  # a batch of operators (vmap output), or a symbolic-zero cotangent
+    if m.dtype == jax.dtypes.float0:
+      return  # a symbolic-zero cotangent
+    if m.ndim == 4:  # a batch of operators (vmap output, or masks stacked by hand)
+      if self.perm is None:
+        object.__setattr__(self, "perm", _observed_first(m.reshape(m.shape[0], -1)))
+      return
     H, W, C = shape
     if tuple(m.shape) not in ((H, W), (H, W, 1), (H, W, C)):
       raise ShapeError(f"Inpaint: mask has shape {tuple(m.shape)}; expected {(H, W)}, "
@@ -67,6 +85,8 @@ class Inpaint(SVDOperator):
       xp = np if isinstance(m, np.ndarray) else jnp
       m = xp.broadcast_to(m.reshape(H, W, -1), shape)
     object.__setattr__(self, "mask", m)
+    if self.perm is None:
+      object.__setattr__(self, "perm", _observed_first(m.reshape(-1)))
 
   def full_mask(self, dtype=jnp.float32):
     """The mask broadcast to `in_shape`, as `dtype`."""
@@ -74,32 +94,67 @@ class Inpaint(SVDOperator):
 
   def _perm(self):
     """Flat indices: observed entries first, then missing, each ascending."""
-    missing = self.full_mask().reshape(-1) == 0
-    return jnp.argsort(missing, stable=True)
+    if self.perm is None:  # only reachable for a hand-built placeholder operator
+      return _observed_first(self.full_mask().reshape(-1))
+    return self.perm
+
+  def _n(self):
+    return (math.prod(self.in_shape),)
 
   def A(self, x):
+    _check_array(x, self.in_shape, "Inpaint.A")
     return x * self.full_mask(x.dtype)
 
   def AT(self, y):
+    _check_array(y, self.in_shape, "Inpaint.AT")
     return y * self.full_mask(y.dtype)
 
   def pinv(self, y):
+    _check_array(y, self.in_shape, "Inpaint.pinv")
     return y * self.full_mask(y.dtype)
 
   def singulars(self):
     return self.full_mask().reshape(-1)[self._perm()]
 
   def VT(self, x):
+    _check_array(x, self.in_shape, "Inpaint.VT")
     return x.reshape(-1)[self._perm()]
 
   def V(self, v):
+    _check_array(v, self._n(), "Inpaint.V")
     return jnp.zeros_like(v).at[self._perm()].set(v).reshape(self.in_shape)
 
   def UT(self, y):
-    return self.VT(y)
+    _check_array(y, self.in_shape, "Inpaint.UT")
+    return y.reshape(-1)[self._perm()]
 
   def U(self, u):
-    return self.V(u)
+    _check_array(u, self._n(), "Inpaint.U")
+    return jnp.zeros_like(u).at[self._perm()].set(u).reshape(self.in_shape)
+
+
+def _inpaint_replace(self, **updates):
+  """A copy with fields replaced; a new `mask` gets its own permutation."""
+  if "mask" in updates and "perm" not in updates:
+    updates["perm"] = None
+  return dataclasses.replace(self, **updates)
+
+
+# flax.struct installs its own `replace` on every PyTreeNode subclass after the class
+# body runs, so the mask-aware one is attached here.
+Inpaint.replace = _inpaint_replace
+
+
+def _observed_first(mask_flat):
+  """Stable argsort of `mask == 0` along the last axis, int32 (observed first).
+
+  NumPy for a concrete mask (computed once, on the host), `jnp.argsort` for a
+  traced one.
+  """
+  if isinstance(mask_flat, jax.core.Tracer):
+    return jnp.argsort(mask_flat == 0, axis=-1, stable=True).astype(jnp.int32)
+  missing = np.asarray(mask_flat) == 0
+  return np.argsort(missing, axis=-1, kind="stable").astype(np.int32)
 
 
 def box_mask(key, in_shape, box=128, margin=(16, 16)):

@@ -60,10 +60,13 @@ class MatrixOperator(SVDOperator):
   def V(self, v):
     return jnp.reshape(jnp.matmul(self.vt.T, v, precision=_HI), self.in_shape)
 
-  def UT(self, y):
+  def _check_y(self, y):
     if tuple(y.shape) != (self.u.shape[0],):
       raise ShapeError(f"MatrixOperator measurements have shape ({self.u.shape[0]},); got "
-                       f"{tuple(y.shape)}.")
+                       f"{tuple(y.shape)} (batch with jax.vmap).")
+
+  def UT(self, y):
+    self._check_y(y)
     return jnp.matmul(self.u.T, y, precision=_HI)
 
   def U(self, u):
@@ -74,6 +77,7 @@ class MatrixOperator(SVDOperator):
     return jnp.matmul(self.matrix(), jnp.reshape(x, (-1,)), precision=_HI)
 
   def AT(self, y):
+    self._check_y(y)
     return jnp.reshape(jnp.matmul(self.matrix().T, y, precision=_HI), self.in_shape)
 
 

@@ -1,7 +1,9 @@
 """Super-resolution forward models: DPS's bicubic `Resizer` and DDRM's average pooling.
 
 Both are separable linear maps with closed-form SVDs, so they are `SVDOperator`s.
-Images are (H, W, C); the measurement is (h, w, C).
+Images are (H, W, C); the measurement is (h, w, C). Every method takes exactly
+one array (image, measurement or coefficient vector) and raises `ShapeError`
+on any other shape, a batch included: batch with `jax.vmap`.
 
 References:
   Chung et al., "Diffusion Posterior Sampling for General Noisy Inverse Problems"
@@ -24,7 +26,7 @@ from flax import struct
 
 from jaxir.errors import ShapeError
 from jaxir.operators.base import SVDOperator
-from jaxir.operators.denoise import _check_in_shape
+from jaxir.operators.denoise import _check_array, _check_in_shape
 
 __all__ = ["BicubicSR", "AvgPoolSR", "resizer_matrix"]
 
@@ -126,15 +128,26 @@ class BicubicSR(SVDOperator):
     fh, fw = _resizer_svd(H, self.scale), _resizer_svd(W, self.scale)
     return [tuple(jnp.asarray(a, dtype) for a in f) for f in (fh, fw)]
 
+  def _y_shape(self):
+    H, W, C = self.in_shape
+    return (math.ceil(H / self.scale), math.ceil(W / self.scale), C)
+
+  def _n_m(self):
+    h, w, c = self._y_shape()
+    return math.prod(self.in_shape), h * w * c
+
   def A(self, x):
+    _check_array(x, self.in_shape, "BicubicSR.A")
     (mh, *_), (mw, *_) = self._factors(x.dtype)
     return jnp.einsum("ih,hwc,jw->ijc", mh, x, mw, precision=_HI)
 
   def AT(self, y):
+    _check_array(y, self._y_shape(), "BicubicSR.AT")
     (mh, *_), (mw, *_) = self._factors(y.dtype)
     return jnp.einsum("ih,ijc,jw->hwc", mh, y, mw, precision=_HI)
 
   def pinv(self, y):
+    _check_array(y, self._y_shape(), "BicubicSR.pinv")
     (*_, ph), (*_, pw) = self._factors(y.dtype)
     return jnp.einsum("hi,ijc,wj->hwc", ph, y, pw, precision=_HI)
 
@@ -144,6 +157,7 @@ class BicubicSR(SVDOperator):
     return jnp.broadcast_to(sh[:, None] * sw[None, :], (c,) + (sh.size, sw.size)).reshape(-1)
 
   def VT(self, x):
+    _check_array(x, self.in_shape, "BicubicSR.VT")
     (mh, _, _, vh, _), (mw, _, _, vw, _) = self._factors(x.dtype)
     h, w = mh.shape[0], mw.shape[0]
     z = jnp.einsum("ha,hwc,wb->cab", vh, x, vw, precision=_HI)
@@ -151,6 +165,7 @@ class BicubicSR(SVDOperator):
                             z[:, h:, :].reshape(-1)])
 
   def V(self, v):
+    _check_array(v, (self._n_m()[0],), "BicubicSR.V")
     (mh, _, _, vh, _), (mw, _, _, vw, _) = self._factors(v.dtype)
     H, W, C = self.in_shape
     h, w = mh.shape[0], mw.shape[0]
@@ -160,10 +175,12 @@ class BicubicSR(SVDOperator):
     return jnp.einsum("ha,cab,wb->hwc", vh, z, vw, precision=_HI)
 
   def UT(self, y):
+    _check_array(y, self._y_shape(), "BicubicSR.UT")
     (_, uh, _, _, _), (_, uw, _, _, _) = self._factors(y.dtype)
     return jnp.einsum("ia,ijc,jb->cab", uh, y, uw, precision=_HI).reshape(-1)
 
   def U(self, u):
+    _check_array(u, (self._n_m()[1],), "BicubicSR.U")
     (_, uh, _, _, _), (_, uw, _, _, _) = self._factors(u.dtype)
     c = self.in_shape[2]
     z = u.reshape(c, uh.shape[0], uw.shape[0])
@@ -223,30 +240,37 @@ class AvgPoolSR(SVDOperator):
     s = self.scale
     return b.reshape(C, H // s, W // s, s, s).transpose(1, 3, 2, 4, 0).reshape(H, W, C)
 
+  def _y_shape(self):
+    H, W, C = self.in_shape
+    return (H // self.scale, W // self.scale, C)
+
   def A(self, x):
+    _check_array(x, self.in_shape, "AvgPoolSR.A")
     H, W, C = self.in_shape
     s = self.scale
     return x.reshape(H // s, s, W // s, s, C).mean(axis=(1, 3))
 
   def AT(self, y):
+    _check_array(y, self._y_shape(), "AvgPoolSR.AT")
     s = self.scale
     return jnp.repeat(jnp.repeat(y, s, axis=0), s, axis=1) / (s * s)
 
   def pinv(self, y):
+    _check_array(y, self._y_shape(), "AvgPoolSR.pinv")
     s = self.scale
     return jnp.repeat(jnp.repeat(y, s, axis=0), s, axis=1)
 
   def singulars(self):
-    H, W, C = self.in_shape
-    s = self.scale
-    return jnp.full((C * (H // s) * (W // s),), 1.0 / s, jnp.float32)
+    return jnp.full((math.prod(self._y_shape()),), 1.0 / self.scale, jnp.float32)
 
   def VT(self, x):
+    _check_array(x, self.in_shape, "AvgPoolSR.VT")
     s = self.scale
     z = _householder(self._blocks(x), jnp.full((s * s,), 1.0 / s, x.dtype))
     return jnp.concatenate([z[..., 0].reshape(-1), z[..., 1:].reshape(-1)])
 
   def V(self, v):
+    _check_array(v, (math.prod(self.in_shape),), "AvgPoolSR.V")
     H, W, C = self.in_shape
     s = self.scale
     m = C * (H // s) * (W // s)
@@ -255,9 +279,11 @@ class AvgPoolSR(SVDOperator):
     return self._unblocks(_householder(z, jnp.full((s * s,), 1.0 / s, v.dtype)))
 
   def UT(self, y):
+    _check_array(y, self._y_shape(), "AvgPoolSR.UT")
     return jnp.transpose(y, (2, 0, 1)).reshape(-1)
 
   def U(self, u):
+    _check_array(u, (math.prod(self._y_shape()),), "AvgPoolSR.U")
     H, W, C = self.in_shape
     s = self.scale
     return jnp.transpose(u.reshape(C, H // s, W // s), (1, 2, 0))

@@ -190,6 +190,12 @@ def _ddnm_config(task, sigma_y, prior):
   return ddnm_preset(task if task in DDNM_PRESETS else "sr4", sigma_y=sigma_y)
 
 
+def _ddrm_config(task, sigma_y, prior):
+  """DDRM's official preset for the task (20 steps, eta 0.85, eta_b 1), at noise sigma_y."""
+  from jaxir.solvers.ddrm import DDRM_PRESETS, ddrm_preset
+  return ddrm_preset(task if task in DDRM_PRESETS else "sr4", sigma_y=sigma_y)
+
+
 def _bird_config(task, sigma_y, prior):
   from jaxir.solvers.bird import bird_preset
   return bird_preset(BIRD_TASK_PRESETS.get(task, "paper"))
@@ -204,7 +210,7 @@ def _bird_fn(key, y, operator, prior, config):
 
 
 def _register_builtins():
-  from jaxir.solvers import bird, dcdp, ddnm, deqir, dps
+  from jaxir.solvers import bird, dcdp, ddnm, ddrm, deqir, dps
   register(SolverSpec("dcdp", dcdp.dcdp, dcdp.DCDPConfig, _dcdp_config(False),
                       dcdp.DCDP_PRESETS, "any",
                       "DCDP: data-consistency steps alternated with DDIM purification",
@@ -219,6 +225,8 @@ def _register_builtins():
   register(SolverSpec("ddnm", ddnm.ddnm, ddnm.DDNMConfig, _ddnm_config, ddnm.DDNM_PRESETS, "svd",
                       "DDNM/DDNM+: DDIM with the range-space projection (noise-aware with "
                       "sigma_y > 0)"))
+  register(SolverSpec("ddrm", ddrm.ddrm, ddrm.DDRMConfig, _ddrm_config, ddrm.DDRM_PRESETS, "svd",
+                      "DDRM: variational-posterior DDIM in the operator's spectral domain"))
   register(SolverSpec("deqir", deqir.deqir, deqir.DeqIRConfig,
                       _default_config(deqir.DeqIRConfig), {"official": deqir.DeqIRConfig()},
                       "linear", "DeqIR: the DDNM chain as one fixed point, all steps in parallel"))
