@@ -1,7 +1,7 @@
 """Named errors raised on bad input, so callers can catch them and read the fix."""
 
 __all__ = ["JaxirError", "ShapeError", "RangeError", "KernelError", "NaNError",
-           "CheckpointError", "ConfigError", "ImageReadError"]
+           "CheckpointError", "ConfigError", "ImageReadError", "ResourceError"]
 
 
 class JaxirError(ValueError):
@@ -34,3 +34,7 @@ class ConfigError(JaxirError):
 
 class ImageReadError(JaxirError, OSError):
   """An image file is missing, unreadable or of an unsupported kind."""
+
+
+class ResourceError(JaxirError):
+  """The work will not fit in the memory available (the message says what to shrink)."""
