@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 
 from jaxir.errors import ConfigError
-from jaxir.operators import AvgPoolSR, Blur, gaussian_blur
+from jaxir.operators import AvgPoolSR, Blur, CircularBlur, PhaseRetrieval, gaussian_blur
+from jaxir.solvers import ddnm, ddrm
 from jaxir.priors.analytic import gaussian_prior
 from jaxir.solvers import registry
 from jaxir.tasks import TASKS
 
 # Each solver at a tiny setting (a few network calls), for the smoke solve below.
 TINY = {"dcdp": dict(K=2, T0=100, ddim_steps=2, tau=3), "dcdp-tweedie": dict(K=2, T0=100, tau=3),
-        "dps": dict(num_steps=4), "ddnm": dict(T=4), "ddrm": dict(steps=4), "deqir": dict(T=4, max_iter=6),
+        "dps": dict(num_steps=4), "ddnm": dict(T=4), "ddrm": dict(steps=4), "diffpir": dict(steps=4),
+        "pigdm": dict(steps=4), "deqir": dict(T=4, max_iter=6),
         "bird": dict(iterations=2, delta_t=250)}
 
 
@@ -50,13 +52,30 @@ def test_operator_requirements():
   shape = (8, 8, 1)
   blur = gaussian_blur(shape, size=3, sigma=1.0)
   assert isinstance(blur, Blur) and not hasattr(blur, "singulars")
+  pr = PhaseRetrieval(shape, oversample=2.0)
   for name in registry.solver_names():
     spec = registry.get_solver(name)
-    assert spec.supports(AvgPoolSR(shape, scale=2))
-    if spec.requires == "svd":
-      assert not spec.supports(blur)
-      with pytest.raises(ConfigError, match="SVD operator"):
-        spec.check_operator(blur)
+    assert spec.supports(AvgPoolSR(shape, scale=2)) and spec.supports(blur)
+    if spec.requires != "any":
+      assert not spec.supports(pr)
+      with pytest.raises(ConfigError, match="needs"):
+        spec.check_operator(pr)
+
+
+@pytest.mark.parametrize("name", ["ddrm", "ddnm"])
+def test_svd_solvers_run_a_blur_in_its_circular_form(name):
+  """A reflect-padded Blur reaches DDRM/DDNM as CircularBlur.from_blur: same result as
+  passing that form by hand."""
+  shape = (8, 8, 1)
+  prior = gaussian_prior(jnp.zeros(shape), 0.5 * jnp.ones(shape))
+  blur = gaussian_blur(shape, size=3, sigma=1.0)
+  spec = registry.get_solver(name)
+  cfg = spec.config("gaussian_deblur", overrides=TINY[name])
+  y = blur.A(0.3 * jax.random.normal(jax.random.key(2), shape))
+  x1, _ = spec.fn(jax.random.key(0), y, blur, prior, cfg)
+  solver = {"ddrm": ddrm, "ddnm": ddnm}[name]
+  x2, _ = solver(jax.random.key(0), y, CircularBlur.from_blur(blur), prior, cfg)
+  np.testing.assert_allclose(x1, x2, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

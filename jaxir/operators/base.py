@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-__all__ = ["Operator", "LinearOperator", "SVDOperator", "cg", "adjoint_error"]
+__all__ = ["Operator", "LinearOperator", "SVDOperator", "cg", "fixed_cg", "adjoint_error"]
 
 
 class Operator(struct.PyTreeNode):
@@ -118,6 +118,33 @@ class SVDOperator(LinearOperator):
 def cg(matvec, b, *, maxiter: int = 100, tol: float = 1e-6):
   """Conjugate gradients for a symmetric PSD `matvec`, started at zero."""
   x, _ = jax.scipy.sparse.linalg.cg(matvec, b, tol=tol, maxiter=maxiter)
+  return x
+
+
+def fixed_cg(matvec, b, x0, steps: int):
+  """`steps` conjugate-gradient iterations for a symmetric PSD `matvec`, from x0.
+
+  A fixed count in one `fori_loop` (jit, vmap and reverse-mode friendly); a step
+  whose curvature p^T A p or residual is exactly zero (converged, or broken down
+  in float32 on an ill-conditioned system) leaves the iterate unchanged instead
+  of dividing by zero. Real arrays.
+  """
+  r = b - matvec(x0)
+  rs = jnp.vdot(r, r)
+
+  def body(_, carry):
+    x, r, p, rs = carry
+    ap = matvec(p)
+    pap = jnp.vdot(p, ap)
+    ok = (pap > 0) & jnp.isfinite(pap)
+    alpha = jnp.where(ok, rs / jnp.where(ok, pap, 1.0), 0.0)
+    x = x + alpha * p
+    r = r - alpha * ap
+    rs_new = jnp.vdot(r, r)
+    beta = jnp.where(rs > 0, rs_new / jnp.where(rs > 0, rs, 1.0), 0.0)
+    return x, r, r + beta * p, rs_new
+
+  x, _, _, _ = jax.lax.fori_loop(0, int(steps), body, (x0, r, r, rs))
   return x
 
 

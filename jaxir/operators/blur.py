@@ -35,7 +35,7 @@ from jaxir.errors import ConfigError, KernelError, ShapeError
 from jaxir.operators.base import LinearOperator, SVDOperator
 from jaxir.operators.kernels import gaussian_kernel, motion_kernel
 
-__all__ = ["Blur", "CircularBlur", "gaussian_blur", "motion_blur"]
+__all__ = ["Blur", "CircularBlur", "gaussian_blur", "motion_blur", "svd_form"]
 
 _PAD_MODES = {"reflect": "reflect", "zeros": "constant", "constant": "constant",
               "circular": "wrap"}
@@ -335,3 +335,22 @@ class CircularBlur(SVDOperator):
     phase = self._spectrum()[2]
     uf = phase[:, :, None] * self._from_real(u)
     return jnp.fft.ifft2(uf, axes=(0, 1), norm="ortho").real.astype(u.dtype)
+
+
+def svd_form(operator, approximate: bool = False):
+  """The operator in SVD form when it has one, else None.
+
+  `SVDOperator`s are returned as they are; a `Blur` with circular padding is the
+  same map as `CircularBlur` with no singular-value floor (its SVD is the 2-D
+  FFT), so it gets that form. With `approximate=True` a `Blur` with any other
+  padding gets the circular form of its kernel with DDRM's floor
+  (`CircularBlur.from_blur`): the model then differs from the operator at the
+  image border (periodic there), as in DDRM's and DDNM's own deblurring.
+  """
+  if isinstance(operator, SVDOperator):
+    return operator
+  if isinstance(operator, Blur) and operator.padding == "circular":
+    return CircularBlur(operator.in_shape, operator.kernel, threshold=0.0)
+  if approximate and isinstance(operator, Blur):
+    return CircularBlur.from_blur(operator)
+  return None

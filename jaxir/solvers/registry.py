@@ -38,7 +38,9 @@ class SolverSpec:
       prior's name or None).
     presets: name -> config, the solver's named presets.
     requires: "any" (any differentiable operator), "linear" (needs `AT`/`pinv`)
-      or "svd" (needs an `SVDOperator`).
+      or "svd" (needs an SVD form: an `SVDOperator`, or a `Blur`, which the
+      registered function runs in its circular SVD form,
+      `jaxir.operators.blur.svd_form(op, approximate=True)`).
     description: one line for help texts.
     task_presets: task -> the name of the preset `make_config` starts from
       (help texts and `jaxir tasks`; tasks not listed use the solver's
@@ -68,9 +70,9 @@ class SolverSpec:
 
   def supports(self, operator) -> bool:
     """Whether `operator` has what this solver needs (see `requires`)."""
-    from jaxir.operators.base import SVDOperator
     if self.requires == "svd":
-      return isinstance(operator, SVDOperator)
+      from jaxir.operators.blur import svd_form
+      return svd_form(operator, approximate=True) is not None
     if self.requires == "linear":
       return bool(getattr(operator, "linear", False)) and hasattr(operator, "pinv")
     return True
@@ -196,6 +198,28 @@ def _ddrm_config(task, sigma_y, prior):
   return ddrm_preset(task if task in DDRM_PRESETS else "sr4", sigma_y=sigma_y)
 
 
+def _diffpir_config(task, sigma_y, prior):
+  """DiffPIR's preset for the task (100 steps; lambda, zeta per task), at noise sigma_y."""
+  from jaxir.solvers.diffpir import DIFFPIR_PRESETS, diffpir_preset
+  return diffpir_preset(task if task in DIFFPIR_PRESETS else "sr4", sigma_y=sigma_y)
+
+
+def _pigdm_config(task, sigma_y, prior):
+  """PiGDM's preset for the task (100 steps), at noise sigma_y."""
+  from jaxir.solvers.pigdm import PIGDM_PRESETS, pigdm_preset
+  return pigdm_preset(task if task in PIGDM_PRESETS else "sr4", sigma_y=sigma_y)
+
+
+def _in_svd_form(solver):
+  """`solver` with a `Blur` operator replaced by its circular SVD form (DDRM/DDNM deblurring)."""
+  def run(key, y, operator, prior, config):
+    from jaxir.operators.blur import svd_form
+    return solver(key, y, svd_form(operator, approximate=True) or operator, prior, config)
+  run.__name__ = getattr(solver, "__name__", "solver")
+  run.__doc__ = solver.__doc__
+  return run
+
+
 def _bird_config(task, sigma_y, prior):
   from jaxir.solvers.bird import bird_preset
   return bird_preset(BIRD_TASK_PRESETS.get(task, "paper"))
@@ -210,7 +234,7 @@ def _bird_fn(key, y, operator, prior, config):
 
 
 def _register_builtins():
-  from jaxir.solvers import bird, dcdp, ddnm, ddrm, deqir, dps
+  from jaxir.solvers import bird, dcdp, ddnm, ddrm, deqir, diffpir, dps, pigdm
   register(SolverSpec("dcdp", dcdp.dcdp, dcdp.DCDPConfig, _dcdp_config(False),
                       dcdp.DCDP_PRESETS, "any",
                       "DCDP: data-consistency steps alternated with DDIM purification",
@@ -222,11 +246,17 @@ def _register_builtins():
   register(SolverSpec("dps", dps.dps, dps.DPSConfig, _dps_config, dps.DPS_PRESETS, "any",
                       "DPS: ancestral sampling with measurement-gradient guidance",
                       DPS_TASK_PRESETS))
-  register(SolverSpec("ddnm", ddnm.ddnm, ddnm.DDNMConfig, _ddnm_config, ddnm.DDNM_PRESETS, "svd",
+  register(SolverSpec("ddnm", _in_svd_form(ddnm.ddnm), ddnm.DDNMConfig, _ddnm_config, ddnm.DDNM_PRESETS, "svd",
                       "DDNM/DDNM+: DDIM with the range-space projection (noise-aware with "
                       "sigma_y > 0)"))
-  register(SolverSpec("ddrm", ddrm.ddrm, ddrm.DDRMConfig, _ddrm_config, ddrm.DDRM_PRESETS, "svd",
+  register(SolverSpec("ddrm", _in_svd_form(ddrm.ddrm), ddrm.DDRMConfig, _ddrm_config, ddrm.DDRM_PRESETS, "svd",
                       "DDRM: variational-posterior DDIM in the operator's spectral domain"))
+  register(SolverSpec("diffpir", diffpir.diffpir, diffpir.DiffPIRConfig, _diffpir_config,
+                      diffpir.DIFFPIR_PRESETS, "any",
+                      "DiffPIR: DDIM with a proximal data step (closed form via the SVD)"))
+  register(SolverSpec("pigdm", pigdm.pigdm, pigdm.PiGDMConfig, _pigdm_config,
+                      pigdm.PIGDM_PRESETS, "linear",
+                      "PiGDM: DDIM guided by the pseudo-inverse residual through one VJP"))
   register(SolverSpec("deqir", deqir.deqir, deqir.DeqIRConfig,
                       _default_config(deqir.DeqIRConfig), {"official": deqir.DeqIRConfig()},
                       "linear", "DeqIR: the DDNM chain as one fixed point, all steps in parallel"))
