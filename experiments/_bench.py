@@ -15,7 +15,8 @@ import time
 from typing import Any, Callable, Sequence
 
 __all__ = ["Timing", "time_jax", "time_callable", "time_interleaved", "environment", "header_lines",
-           "markdown_table", "is_h100", "verdict", "fill_zero_leaves", "write_json", "cpu_cores"]
+           "markdown_table", "is_h100", "verdict", "fill_zero_leaves", "write_json", "cpu_cores",
+           "add_run_args", "resolve_run_args", "set_torch_threads", "guided_unet"]
 
 
 @dataclasses.dataclass
@@ -211,3 +212,64 @@ def write_json(path: str, obj: Any) -> None:
   os.makedirs(d, exist_ok=True)
   with open(path, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+
+def add_run_args(ap, warmup_help: str = "untimed runs after compiling (default 2)") -> None:
+  """Add the options every PyTorch-comparing benchmark shares to an argparse parser.
+
+  --threads, --repeats, --warmup, --seed and --json; `--quick` is each script's
+  own (its help says what it shrinks) and `resolve_run_args` applies it.
+  """
+  ap.add_argument("--threads", type=int, default=None,
+                  help="torch CPU threads (default: the cores this process may use, as JAX)")
+  ap.add_argument("--repeats", type=int, default=None, help="timed runs each (default 10)")
+  ap.add_argument("--warmup", type=int, default=2, help=warmup_help)
+  ap.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
+  ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+
+def resolve_run_args(args):
+  """Fill `--repeats` (2 with --quick, else 10) and cap `--warmup` at 1 with --quick."""
+  if args.repeats is None:
+    args.repeats = 2 if args.quick else 10
+  if args.quick:
+    args.warmup = min(args.warmup, 1)
+  return args
+
+
+def set_torch_threads(threads: int | None) -> int:
+  """Give torch `threads` CPU threads (None: as many as JAX's CPU client uses); returns it."""
+  import torch
+  threads = threads or cpu_cores()
+  torch.set_num_threads(threads)
+  return threads
+
+
+def guided_unet(model_kwargs: dict, state_dict, channels: int = 3):
+  """guided-diffusion's `UNetModel` from `create_model(**model_kwargs)`, loaded strictly.
+
+  Args:
+    model_kwargs: `create_model`'s keyword arguments (an `in_channels` entry is
+      dropped: `create_model` fixes 3 channels).
+    state_dict: parameter name -> array (NumPy or JAX), PyTorch naming.
+    channels: image channels; for c != 3 the first and last convolutions are
+      replaced by c-channel `Conv2d`s, as `UNetModel(in_channels=c)` builds them.
+
+  Returns:
+    The torch module (in its default training mode; call `.eval()` for inference).
+  """
+  import warnings
+
+  import numpy as np
+  import torch
+  with warnings.catch_warnings():  # guided-diffusion's torch.cuda.amp decorators
+    warnings.simplefilter("ignore", FutureWarning)
+    from guided_diffusion.script_util import create_model
+  net = create_model(**{k: v for k, v in model_kwargs.items() if k != "in_channels"})
+  if channels != 3:
+    ch = net.input_blocks[0][0].out_channels
+    net.input_blocks[0][0] = torch.nn.Conv2d(channels, ch, 3, padding=1)
+    net.out[2] = torch.nn.Conv2d(ch, channels, 3, padding=1)
+  net.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in
+                       state_dict.items()}, strict=True)
+  return net

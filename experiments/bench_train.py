@@ -54,7 +54,8 @@ import time
 
 import numpy as np
 
-from _bench import (cpu_cores, environment, header_lines, markdown_table, time_interleaved,
+from _bench import (add_run_args, cpu_cores, environment, guided_unet, header_lines,
+                    markdown_table, resolve_run_args, set_torch_threads, time_interleaved,
                     verdict, write_json)
 
 TARGET = "jaxir's training step at least as fast as PyTorch's (torch / jaxir >= 1), issue 17"
@@ -72,10 +73,7 @@ def _parse(argv):
                   help="training configs, comma-separated (default mnist32,natural64)")
   ap.add_argument("--batch", type=int, default=None,
                   help="batch size for every config (default: each config's batch_size)")
-  ap.add_argument("--threads", type=int, default=None,
-                  help="torch CPU threads (default: the cores this process may use, as JAX)")
-  ap.add_argument("--repeats", type=int, default=None, help="timed steps each (default 10)")
-  ap.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
+  add_run_args(ap, warmup_help="untimed steps after the first (default 2)")
   ap.add_argument("--data", choices=("config", "array"), default="config",
                   help="config: the config's dataset and sampler, as training runs; array: "
                        "random images in memory, indexed on both sides (default config)")
@@ -84,15 +82,10 @@ def _parse(argv):
   ap.add_argument("--breakdown", action="store_true",
                   help="also time the parts: batch draw, forward, forward+backward, and "
                        "jaxir's train step on a fixed batch")
-  ap.add_argument("--seed", type=int, default=0, help="seed of the weights and draws")
   ap.add_argument("--quick", action="store_true",
                   help="smoke run: 2 repeats, 1 warm-up (explicit --repeats still wins)")
-  ap.add_argument("--json", default=None, help="also write the results to this JSON file")
   args = ap.parse_args(argv)
-  if args.repeats is None:
-    args.repeats = 2 if args.quick else 10
-  if args.quick:
-    args.warmup = min(args.warmup, 1)
+  resolve_run_args(args)
   if args.batch is not None and args.batch < 1:
     ap.error(f"--batch {args.batch} must be >= 1")
   return args
@@ -115,23 +108,8 @@ def _lr_factor(cfg, n: int) -> float:
 
 
 def _torch_model(cfg, state_dict):
-  """guided-diffusion's UNetModel for `cfg.model`, loaded with `state_dict` (NumPy)."""
-  import warnings
-
-  import torch
-  with warnings.catch_warnings():  # guided-diffusion's torch.cuda.amp decorators
-    warnings.simplefilter("ignore", FutureWarning)
-    from guided_diffusion.script_util import create_model
-  kw = {k: v for k, v in cfg.model.items() if k != "in_channels"}
-  net = create_model(**kw)
-  c = cfg.channels
-  if c != 3:  # create_model fixes 3 channels; UNetModel(in_channels=c) changes these two convs
-    ch = net.input_blocks[0][0].out_channels
-    net.input_blocks[0][0] = torch.nn.Conv2d(c, ch, 3, padding=1)
-    net.out[2] = torch.nn.Conv2d(ch, c, 3, padding=1)
-  net.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in
-                       state_dict.items()}, strict=True)
-  return net.train()
+  """guided-diffusion's UNetModel for `cfg.model`, loaded with `state_dict`, in training mode."""
+  return guided_unet(cfg.model, state_dict, cfg.channels).train()
 
 
 class JaxirLoop:
@@ -397,8 +375,7 @@ def main(argv=None) -> int:
   if jax.default_backend() != "cpu":
     print(f"note: JAX's default backend is {jax.default_backend()}; this benchmark is meant "
           "for CPU (the jaxir step runs on the default devices)", file=sys.stderr)
-  threads = args.threads or cpu_cores()
-  torch.set_num_threads(threads)
+  threads = set_torch_threads(args.threads)
   load_start = _load_avgs()
   rows = [bench_config(name, args, threads) for name in args.configs]
   load_end = _load_avgs()

@@ -47,8 +47,9 @@ import time
 
 import numpy as np
 
-from _bench import (cpu_cores, environment, fill_zero_leaves, header_lines, is_h100,
-                    markdown_table, time_interleaved, time_jax, verdict, write_json)
+from _bench import (add_run_args, environment, fill_zero_leaves, guided_unet, header_lines,
+                    is_h100, markdown_table, resolve_run_args, set_torch_threads,
+                    time_interleaved, time_jax, verdict, write_json)
 
 # Issue's upstream reference: guided-diffusion UNetModel, FFHQ-256 DPS config,
 # eager PyTorch float32/TF32 on one H100 (ms per batch).
@@ -103,17 +104,9 @@ def _parse(argv):
                        "only for smoke runs, the targets are then not judged)")
   ap.add_argument("--cpu-batches", type=_ints, default=None,
                   help="CPU-comparison batch sizes (default 1,8)")
-  ap.add_argument("--threads", type=int, default=None,
-                  help="torch CPU threads (default: the cores this process may use, as JAX)")
-  ap.add_argument("--repeats", type=int, default=None, help="timed runs per point (default 10)")
-  ap.add_argument("--warmup", type=int, default=2, help="untimed runs after compiling (default 2)")
-  ap.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
-  ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+  add_run_args(ap)
   args = ap.parse_args(argv)
-  if args.repeats is None:
-    args.repeats = 2 if args.quick else 10
-  if args.quick:
-    args.warmup = min(args.warmup, 1)
+  resolve_run_args(args)
   if args.batches is None:
     args.batches = [1, 4] if args.quick else [1, 4, 16, 64]
   if args.cpu_batches is None:
@@ -258,21 +251,15 @@ def ffhq_suite(args, env) -> dict:
 
 def cpu_compare_suite(args) -> dict:
   """Flax vs PyTorch forward on CPU with identical weights; returns the results."""
-  import warnings
-
   import jax
   import torch
-  with warnings.catch_warnings():  # guided-diffusion's torch.cuda.amp decorators
-    warnings.simplefilter("ignore", FutureWarning)
-    from guided_diffusion.script_util import create_model
 
   from jaxir.models.adm import ADMUNet, adm_config
   from jaxir.models.convert import adm_state_dict_from_params
 
   cpu = jax.devices("cpu")[0]
   env = environment(cpu)
-  threads = args.threads or cpu_cores()
-  torch.set_num_threads(threads)
+  threads = set_torch_threads(args.threads)
   cfg = adm_config(**CPU64_UPSTREAM)
   size = CPU64_UPSTREAM["image_size"]
   with jax.default_device(cpu):
@@ -280,10 +267,7 @@ def cpu_compare_suite(args) -> dict:
     params = _init(ADMUNet(cfg), size, key)
     model = ADMUNet(cfg)
     sd = adm_state_dict_from_params(params, cfg)
-    tmodel = create_model(**CPU64_UPSTREAM)
-    tmodel.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()},
-                           strict=True)
-    tmodel.eval()
+    tmodel = guided_unet(CPU64_UPSTREAM, sd).eval()
     nparams = sum(p.numel() for p in tmodel.parameters())
 
     def fwd(p, x, t):

@@ -1,4 +1,8 @@
-"""Diffusion core: schedules, respacing, the shared DDIM step and sampler."""
+"""Diffusion core: schedules, respacing, the shared DDIM step and sampler.
+
+Layer: imports only `jaxir.errors` (no operators, priors or models); priors,
+solvers and train build on it.
+"""
 from jaxir.diffusion.ddim import (ddim_loop, ddim_sample, ddim_step, ddim_tables, eps_from_x0,
                                   q_sample, split_eps, x0_from_eps)
 from jaxir.diffusion.respace import space_timesteps

@@ -1,6 +1,12 @@
-"""Forward operators: one pytree interface (A, AT, pinv, SVD form), one image per call."""
+"""Forward operators: one pytree interface (A, AT, pinv, SVD form), one image per call.
+
+Also the shared input checks (`check_in_shape`, `check_image`) and blur kernels.
+Layer: imports only `jaxir.errors` and `jaxir.checks`; solvers and `jaxir.tasks`
+build on it.
+"""
 from jaxir.operators import blind
-from jaxir.operators.base import LinearOperator, Operator, SVDOperator, adjoint_error, cg
+from jaxir.operators.base import (LinearOperator, Operator, SVDOperator, adjoint_error, cg,
+                                  check_image, check_in_shape, safe_abs)
 from jaxir.operators.blur import Blur, CircularBlur, gaussian_blur, motion_blur
 from jaxir.operators.kernels import (gaussian_kernel, kernel_from_logits, kernel_to_logits,
                                      motion_kernel, motion_trajectory, trajectory_kernel,
@@ -17,6 +23,7 @@ from jaxir.operators.superres import AvgPoolSR, BicubicSR, resizer_matrix
 from jaxir.operators.walsh_hadamard import WalshHadamardCS, walsh_hadamard_cs
 
 __all__ = ["Operator", "LinearOperator", "SVDOperator", "adjoint_error", "cg",
+           "check_in_shape", "check_image", "safe_abs",
            "blind", "BlindBlur", "BlindSR", "BlindDenoise", "NonBlind", "bird_noise",
            "Blur", "CircularBlur", "gaussian_blur", "motion_blur", "PhaseRetrieval",
            "gaussian_kernel", "motion_kernel", "motion_trajectory", "trajectory_kernel",

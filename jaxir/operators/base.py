@@ -23,7 +23,62 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-__all__ = ["Operator", "LinearOperator", "SVDOperator", "cg", "fixed_cg", "adjoint_error"]
+from jaxir.errors import ShapeError
+
+__all__ = ["Operator", "LinearOperator", "SVDOperator", "cg", "fixed_cg", "adjoint_error",
+           "check_in_shape", "check_image", "safe_abs"]
+
+
+def check_in_shape(in_shape, name: str) -> tuple:
+  """`in_shape` as a tuple of three positive ints (H, W, C).
+
+  Args:
+    in_shape: the operator's image shape, any sequence of integers.
+    name: the operator or function, for the message (e.g. "Blur").
+
+  Returns:
+    (H, W, C) as Python ints.
+
+  Raises:
+    ShapeError: `in_shape` is not three positive sizes (e.g. it has a batch axis).
+  """
+  try:
+    shape = tuple(int(d) for d in in_shape)
+  except (TypeError, ValueError):
+    shape = None
+  if shape is None or len(shape) != 3 or min(shape) < 1:
+    raise ShapeError(f"{name}: in_shape={in_shape!r} must be (H, W, C) with positive "
+                     "sizes (one channels-last image, no batch axis; batch with jax.vmap).")
+  return shape
+
+
+def check_image(a, shape, name: str, kind: str = "array"):
+  """`a` unchanged if its shape is exactly `shape`, else `ShapeError`.
+
+  Every operator method takes one image, measurement or coefficient vector;
+  a batch is the commonest mistake, so the message names the fix.
+
+  Args:
+    a: the argument (array or abstract value; only its shape is read).
+    shape: the expected shape.
+    name: the method, for the message (e.g. "Blur.A").
+    kind: what `a` is, for the message ("array", "image", "measurement").
+
+  Raises:
+    ShapeError: the shapes differ; the message holds both.
+  """
+  got, want = tuple(jnp.shape(a)), tuple(int(d) for d in shape)
+  if got != want:
+    raise ShapeError(f"{name} takes one {kind} of shape {want}, got {got}; "
+                     "batch with jax.vmap.")
+  return a
+
+
+def safe_abs(z):
+  """|z| of a complex array with zero gradient at z = 0 (as torch's `abs`), not NaN."""
+  sq = z.real**2 + z.imag**2
+  pos = sq > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
 class Operator(struct.PyTreeNode):

@@ -36,7 +36,7 @@ import numpy as np
 from flax import struct
 
 from jaxir.errors import ConfigError, KernelError, ShapeError
-from jaxir.operators.base import LinearOperator, Operator
+from jaxir.operators.base import LinearOperator, Operator, check_in_shape
 from jaxir.operators.blur import Blur
 from jaxir.operators.denoise import Identity
 from jaxir.operators.kernels import kernel_from_logits
@@ -57,17 +57,6 @@ def _check_size(size) -> int:
     raise KernelError(f"kernel size {size!r} must be a positive odd integer (the kernel "
                       "needs a centre pixel); use e.g. size=41.")
   return int(size)
-
-
-def _check_in_shape(in_shape, what: str) -> tuple:
-  try:
-    shape = tuple(int(d) for d in in_shape)
-  except TypeError:
-    shape = ()
-  if len(shape) != 3 or min(shape) < 1:
-    raise ShapeError(f"{what}: in_shape={in_shape!r} must be (H, W, C) of one image "
-                     "(no batch axis; batch with jax.vmap).")
-  return shape
 
 
 # ------------------------------------------------------------------ kernel families
@@ -281,7 +270,7 @@ class BlindBlur(BlindDegradation):
   padding: str = struct.field(pytree_node=False, default="zeros")
 
   def __post_init__(self):
-    object.__setattr__(self, "in_shape", _check_in_shape(self.in_shape, "BlindBlur"))
+    object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "BlindBlur"))
 
   def init(self, key):
     return self.family.init(key)
@@ -313,7 +302,7 @@ class BlurDecimate(LinearOperator):
   padding: str = struct.field(pytree_node=False, default="zeros")
 
   def __post_init__(self):
-    shape = _check_in_shape(self.in_shape, "BlurDecimate")
+    shape = check_in_shape(self.in_shape, "BlurDecimate")
     if int(self.factor) != self.factor or self.factor < 1 or shape[0] % self.factor \
         or shape[1] % self.factor:
       raise ShapeError(f"BlurDecimate: image size {shape[:2]} must be divisible by the "
@@ -340,7 +329,7 @@ class BlindSR(BlindDegradation):
   padding: str = struct.field(pytree_node=False, default="zeros")
 
   def __post_init__(self):
-    object.__setattr__(self, "in_shape", _check_in_shape(self.in_shape, "BlindSR"))
+    object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "BlindSR"))
 
   def init(self, key):
     return self.family.init(key)
@@ -376,7 +365,7 @@ class BlindDenoise(BlindDegradation):
   lr_sigma: float = struct.field(pytree_node=False, default=0.02)
 
   def __post_init__(self):
-    object.__setattr__(self, "in_shape", _check_in_shape(self.in_shape, "BlindDenoise"))
+    object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "BlindDenoise"))
     if not self.init_sigma > 0:
       raise ConfigError(f"init_sigma={self.init_sigma!r} must be > 0.")
 

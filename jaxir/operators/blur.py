@@ -31,8 +31,9 @@ import numpy as np
 from flax import struct
 
 from jaxir.checks import is_concrete
-from jaxir.errors import ConfigError, KernelError, ShapeError
-from jaxir.operators.base import LinearOperator, SVDOperator
+from jaxir.errors import ConfigError, KernelError
+from jaxir.operators.base import (LinearOperator, SVDOperator, check_image, check_in_shape,
+                                  safe_abs)
 from jaxir.operators.kernels import gaussian_kernel, motion_kernel
 
 __all__ = ["Blur", "CircularBlur", "gaussian_blur", "motion_blur", "svd_form"]
@@ -50,18 +51,6 @@ def _check_kernel_shape(kernel, what: str):
                       "of zeros).")
   if is_concrete(kernel) and not np.all(np.isfinite(np.asarray(kernel))):
     raise KernelError(f"{what} kernel contains NaN or infinite values.")
-
-
-def _check_in_shape(in_shape, what: str) -> tuple:
-  if len(in_shape) != 3:
-    raise ShapeError(f"{what} in_shape {in_shape} must be (H, W, C).")
-  return tuple(int(d) for d in in_shape)
-
-
-def _check_x(x, in_shape, what: str):
-  if tuple(x.shape) != tuple(in_shape):
-    raise ShapeError(f"{what} takes one image of shape {in_shape}, got {x.shape}; "
-                     "batch with jax.vmap.")
 
 
 def _fast_len(n: int) -> int:
@@ -108,7 +97,7 @@ class Blur(LinearOperator):
   padding: str = struct.field(pytree_node=False, default="reflect")
 
   def __post_init__(self):
-    object.__setattr__(self, "in_shape", _check_in_shape(self.in_shape, "Blur"))
+    object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "Blur"))
     if self.padding not in _PAD_MODES:
       raise ConfigError(f"Blur padding {self.padding!r} is unknown; use one of "
                         f"{sorted(_PAD_MODES)}.")
@@ -127,7 +116,7 @@ class Blur(LinearOperator):
 
   def A(self, x):
     """Blur one image: (H, W, C) -> (H, W, C)."""
-    _check_x(x, self.in_shape, "Blur")
+    check_image(x, self.in_shape, "Blur.A", kind="image")
     h, w, _ = self.in_shape
     kernel = jnp.asarray(self.kernel, x.dtype)
     if self.padding == "circular":
@@ -155,13 +144,6 @@ def motion_blur(key, in_shape, size: int = 61, intensity: float = 0.5,
                 padding: str = "reflect") -> Blur:
   """DPS motion deblurring operator with a random kernel drawn from `key`."""
   return Blur(in_shape, motion_kernel(key, size, intensity), padding)
-
-
-def _safe_abs(z):
-  """|z| with zero gradient at z = 0 (instead of NaN)."""
-  sq = z.real**2 + z.imag**2
-  pos = sq > 0
-  return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -236,7 +218,7 @@ class CircularBlur(SVDOperator):
   threshold: float = struct.field(pytree_node=False, default=3e-2)
 
   def __post_init__(self):
-    object.__setattr__(self, "in_shape", _check_in_shape(self.in_shape, "CircularBlur"))
+    object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "CircularBlur"))
     _check_kernel_shape(self.kernel, "CircularBlur")
     try:
       t = float(self.threshold)
@@ -267,7 +249,7 @@ class CircularBlur(SVDOperator):
   def _spectrum(self):
     """(T floored, |T| floored, phase), each (H, W)."""
     t = self._transfer()
-    mag = _safe_abs(t)
+    mag = safe_abs(t)
     keep = self._keep(mag)
     phase = jnp.where(mag > 0, t / jnp.where(mag > 0, mag, 1.0), 1.0 + 0.0j)
     return jnp.where(keep, t, 0.0), jnp.where(keep, mag, 0.0), phase
@@ -279,15 +261,15 @@ class CircularBlur(SVDOperator):
 
   def A(self, x):
     """Blur one image: (H, W, C) -> (H, W, C)."""
-    _check_x(x, self.in_shape, "CircularBlur.A")
+    check_image(x, self.in_shape, "CircularBlur.A", kind="image")
     return self._filter(x, self._spectrum()[0])
 
   def AT(self, y):
-    _check_x(y, self.in_shape, "CircularBlur.AT")
+    check_image(y, self.in_shape, "CircularBlur.AT", kind="image")
     return self._filter(y, jnp.conj(self._spectrum()[0]))
 
   def pinv(self, y):
-    _check_x(y, self.in_shape, "CircularBlur.pinv")
+    check_image(y, self.in_shape, "CircularBlur.pinv", kind="image")
     t, mag, _ = self._spectrum()
     keep = mag > self.pinv_rcond * jnp.max(mag)
     return self._filter(y, jnp.where(keep, 1.0 / jnp.where(keep, t, 1.0), 0.0))
@@ -317,21 +299,21 @@ class CircularBlur(SVDOperator):
                      jnp.where(rep, r * (c - 1j * cn), r * (cn + 1j * c)))
 
   def VT(self, x):
-    _check_x(x, self.in_shape, "CircularBlur.VT")
+    check_image(x, self.in_shape, "CircularBlur.VT", kind="image")
     return self._to_real(jnp.fft.fft2(x, axes=(0, 1), norm="ortho"))
 
   def V(self, v):
-    _check_x(v, (int(np.prod(self.in_shape)),), "CircularBlur.V")
+    check_image(v, (int(np.prod(self.in_shape)),), "CircularBlur.V")
     return jnp.fft.ifft2(self._from_real(v), axes=(0, 1), norm="ortho").real.astype(v.dtype)
 
   def UT(self, y):
-    _check_x(y, self.in_shape, "CircularBlur.UT")
+    check_image(y, self.in_shape, "CircularBlur.UT", kind="image")
     phase = self._spectrum()[2]
     yf = jnp.fft.fft2(y, axes=(0, 1), norm="ortho")
     return self._to_real(jnp.conj(phase)[:, :, None] * yf)
 
   def U(self, u):
-    _check_x(u, (int(np.prod(self.in_shape)),), "CircularBlur.U")
+    check_image(u, (int(np.prod(self.in_shape)),), "CircularBlur.U")
     phase = self._spectrum()[2]
     uf = phase[:, :, None] * self._from_real(u)
     return jnp.fft.ifft2(uf, axes=(0, 1), norm="ortho").real.astype(u.dtype)

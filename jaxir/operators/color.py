@@ -13,8 +13,7 @@ import numpy as np
 from flax import struct
 
 from jaxir.errors import ShapeError
-from jaxir.operators.base import SVDOperator
-from jaxir.operators.denoise import _check_array, _check_in_shape
+from jaxir.operators.base import SVDOperator, check_image, check_in_shape
 
 __all__ = ["Colorization", "DDRM_GRAY_WEIGHTS"]
 
@@ -49,7 +48,7 @@ class Colorization(SVDOperator):
   weights: tuple | None = struct.field(pytree_node=False, default=None)
 
   def __post_init__(self):
-    shape = _check_in_shape(self.in_shape, "Colorization")
+    shape = check_in_shape(self.in_shape, "Colorization")
     if shape[2] != 3:
       raise ShapeError(f"Colorization: in_shape={shape} has {shape[2]} channel(s); "
                        "colorization restores 3 colour channels from a grey image, so it needs "
@@ -84,15 +83,15 @@ class Colorization(SVDOperator):
     return (H, W, 1)
 
   def A(self, x):
-    _check_array(x, self.in_shape, "Colorization.A")
+    check_image(x, self.in_shape, "Colorization.A")
     return jnp.sum(x * self._w(x.dtype), axis=-1, keepdims=True)
 
   def AT(self, y):
-    _check_array(y, self._y_shape(), "Colorization.AT")
+    check_image(y, self._y_shape(), "Colorization.AT")
     return y * self._w(y.dtype)
 
   def pinv(self, y):
-    _check_array(y, self._y_shape(), "Colorization.pinv")
+    check_image(y, self._y_shape(), "Colorization.pinv")
     w = self._w(y.dtype)
     return y * (w / jnp.sum(w * w))
 
@@ -101,21 +100,21 @@ class Colorization(SVDOperator):
     return jnp.full((H * W,), jnp.linalg.norm(self._w(jnp.float32)), jnp.float32)
 
   def VT(self, x):
-    _check_array(x, self.in_shape, "Colorization.VT")
+    check_image(x, self.in_shape, "Colorization.VT")
     z = jnp.einsum("hwc,ck->hwk", x, self._basis(x.dtype), precision=_HI)  # Q = Qᵀ
     return jnp.moveaxis(z, -1, 0).reshape(-1)
 
   def V(self, v):
     H, W, C = self.in_shape
-    _check_array(v, (H * W * C,), "Colorization.V")
+    check_image(v, (H * W * C,), "Colorization.V")
     z = jnp.moveaxis(v.reshape(C, H, W), 0, -1)
     return jnp.einsum("hwk,kc->hwc", z, self._basis(v.dtype), precision=_HI)
 
   def UT(self, y):
-    _check_array(y, self._y_shape(), "Colorization.UT")
+    check_image(y, self._y_shape(), "Colorization.UT")
     return y.reshape(-1)
 
   def U(self, u):
     H, W, _ = self.in_shape
-    _check_array(u, (H * W,), "Colorization.U")
+    check_image(u, (H * W,), "Colorization.U")
     return u.reshape(H, W, 1)

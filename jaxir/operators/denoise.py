@@ -11,31 +11,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jaxir.errors import ShapeError
-from jaxir.operators.base import SVDOperator
+from jaxir.operators.base import SVDOperator, check_image, check_in_shape
 
 __all__ = ["Identity"]
-
-
-def _check_in_shape(in_shape, name: str) -> tuple:
-  """Return `in_shape` as a tuple of 3 positive ints, or raise `ShapeError`."""
-  try:
-    shape = tuple(int(d) for d in in_shape)
-  except TypeError:
-    shape = None
-  if shape is None or len(shape) != 3 or min(shape) < 1:
-    raise ShapeError(f"{name}: in_shape={in_shape!r} must be (H, W, C) with positive "
-                     "sizes (one channels-last image, no batch axis; batch with vmap).")
-  return shape
-
-
-def _check_array(a, shape, name: str):
-  """Raise `ShapeError` unless `a` has exactly `shape` (one image or measurement, no batch)."""
-  got = tuple(jnp.shape(a))
-  if got != tuple(shape):
-    raise ShapeError(f"{name} takes one array of shape {tuple(shape)}, got {got}; "
-                     "batch with jax.vmap.")
-  return a
 
 
 class Identity(SVDOperator):
@@ -51,31 +29,31 @@ class Identity(SVDOperator):
   """
 
   def __post_init__(self):
-    object.__setattr__(self, "in_shape", _check_in_shape(self.in_shape, "Identity"))
+    object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "Identity"))
 
   def _n(self):
     return (int(np.prod(self.in_shape)),)
 
   def A(self, x):
-    return _check_array(x, self.in_shape, "Identity.A")
+    return check_image(x, self.in_shape, "Identity.A")
 
   def AT(self, y):
-    return _check_array(y, self.in_shape, "Identity.AT")
+    return check_image(y, self.in_shape, "Identity.AT")
 
   def pinv(self, y):
-    return _check_array(y, self.in_shape, "Identity.pinv")
+    return check_image(y, self.in_shape, "Identity.pinv")
 
   def singulars(self):
     return jnp.ones(self._n(), jnp.float32)
 
   def VT(self, x):
-    return jnp.reshape(_check_array(x, self.in_shape, "Identity.VT"), (-1,))
+    return jnp.reshape(check_image(x, self.in_shape, "Identity.VT"), (-1,))
 
   def V(self, v):
-    return jnp.reshape(_check_array(v, self._n(), "Identity.V"), self.in_shape)
+    return jnp.reshape(check_image(v, self._n(), "Identity.V"), self.in_shape)
 
   def UT(self, y):
-    return jnp.reshape(_check_array(y, self.in_shape, "Identity.UT"), (-1,))
+    return jnp.reshape(check_image(y, self.in_shape, "Identity.UT"), (-1,))
 
   def U(self, u):
-    return jnp.reshape(_check_array(u, self._n(), "Identity.U"), self.in_shape)
+    return jnp.reshape(check_image(u, self._n(), "Identity.U"), self.in_shape)

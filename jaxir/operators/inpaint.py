@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxir.errors import ConfigError, RangeError, ShapeError
-from jaxir.operators.base import SVDOperator
-from jaxir.operators.denoise import _check_array, _check_in_shape
+from jaxir.operators.base import SVDOperator, check_image, check_in_shape
 
 __all__ = ["Inpaint", "box_mask", "random_mask"]
 
@@ -58,7 +57,7 @@ class Inpaint(SVDOperator):
   perm: jax.Array | None = None
 
   def __post_init__(self):
-    shape = _check_in_shape(self.in_shape, "Inpaint")
+    shape = check_in_shape(self.in_shape, "Inpaint")
     object.__setattr__(self, "in_shape", shape)
     m = self.mask
     if isinstance(m, (list, tuple)):
@@ -102,34 +101,34 @@ class Inpaint(SVDOperator):
     return (math.prod(self.in_shape),)
 
   def A(self, x):
-    _check_array(x, self.in_shape, "Inpaint.A")
+    check_image(x, self.in_shape, "Inpaint.A")
     return x * self.full_mask(x.dtype)
 
   def AT(self, y):
-    _check_array(y, self.in_shape, "Inpaint.AT")
+    check_image(y, self.in_shape, "Inpaint.AT")
     return y * self.full_mask(y.dtype)
 
   def pinv(self, y):
-    _check_array(y, self.in_shape, "Inpaint.pinv")
+    check_image(y, self.in_shape, "Inpaint.pinv")
     return y * self.full_mask(y.dtype)
 
   def singulars(self):
     return self.full_mask().reshape(-1)[self._perm()]
 
   def VT(self, x):
-    _check_array(x, self.in_shape, "Inpaint.VT")
+    check_image(x, self.in_shape, "Inpaint.VT")
     return x.reshape(-1)[self._perm()]
 
   def V(self, v):
-    _check_array(v, self._n(), "Inpaint.V")
+    check_image(v, self._n(), "Inpaint.V")
     return jnp.zeros_like(v).at[self._perm()].set(v).reshape(self.in_shape)
 
   def UT(self, y):
-    _check_array(y, self.in_shape, "Inpaint.UT")
+    check_image(y, self.in_shape, "Inpaint.UT")
     return y.reshape(-1)[self._perm()]
 
   def U(self, u):
-    _check_array(u, self._n(), "Inpaint.U")
+    check_image(u, self._n(), "Inpaint.U")
     return jnp.zeros_like(u).at[self._perm()].set(u).reshape(self.in_shape)
 
 
@@ -175,7 +174,7 @@ def box_mask(key, in_shape, box=128, margin=(16, 16)):
   Returns:
     (H, W, C) float32 mask, 1 = observed.
   """
-  H, W, C = _check_in_shape(in_shape, "box_mask")
+  H, W, C = check_in_shape(in_shape, "box_mask")
   bh, bw = (box, box) if np.ndim(box) == 0 else box
   mh, mw = (margin, margin) if np.ndim(margin) == 0 else margin
   bh, bw, mh, mw = int(bh), int(bw), int(mh), int(mw)
@@ -208,7 +207,7 @@ def random_mask(key, in_shape, missing=0.7):
   Returns:
     (H, W, C) float32 mask, 1 = observed.
   """
-  H, W, C = _check_in_shape(in_shape, "random_mask")
+  H, W, C = check_in_shape(in_shape, "random_mask")
   if not 0.0 <= float(missing) <= 1.0:
     raise ConfigError(f"random_mask: missing={missing} must be a fraction in [0, 1].")
   k = int(H * W * float(missing))

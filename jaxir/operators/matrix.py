@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from jaxir.errors import ConfigError, ShapeError
-from jaxir.operators.base import SVDOperator
-from jaxir.operators.denoise import _check_in_shape
+from jaxir.operators.base import SVDOperator, check_image, check_in_shape
 
 __all__ = ["MatrixOperator", "matrix_operator"]
 
@@ -41,9 +39,7 @@ class MatrixOperator(SVDOperator):
   vt: jnp.ndarray
 
   def _check(self, x):
-    if tuple(x.shape) != tuple(self.in_shape):
-      raise ShapeError(f"MatrixOperator takes one image of shape {tuple(self.in_shape)}; got "
-                       f"{tuple(x.shape)} (batch with jax.vmap).")
+    check_image(x, self.in_shape, "MatrixOperator", kind="image")
 
   def matrix(self):
     """The dense (m, n) matrix M = U diag(s) Vᵀ."""
@@ -61,9 +57,7 @@ class MatrixOperator(SVDOperator):
     return jnp.reshape(jnp.matmul(self.vt.T, v, precision=_HI), self.in_shape)
 
   def _check_y(self, y):
-    if tuple(y.shape) != (self.u.shape[0],):
-      raise ShapeError(f"MatrixOperator measurements have shape ({self.u.shape[0]},); got "
-                       f"{tuple(y.shape)} (batch with jax.vmap).")
+    check_image(y, (self.u.shape[0],), "MatrixOperator", kind="measurement")
 
   def UT(self, y):
     self._check_y(y)
@@ -88,7 +82,7 @@ def matrix_operator(matrix, in_shape) -> MatrixOperator:
     matrix: (m, n) real array (NumPy or JAX, concrete: the SVD is taken here).
     in_shape: (H, W, C) of the images, row-major flattening.
   """
-  shape = _check_in_shape(in_shape, "matrix_operator")
+  shape = check_in_shape(in_shape, "matrix_operator")
   m_np = np.asarray(matrix, np.float64)
   if m_np.ndim != 2 or m_np.shape[1] != int(np.prod(shape)):
     raise ShapeError(f"matrix has shape {m_np.shape}; expected (m, {int(np.prod(shape))}) for "

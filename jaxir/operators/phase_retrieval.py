@@ -15,17 +15,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import struct
 
-from jaxir.errors import ConfigError, ShapeError
-from jaxir.operators.base import Operator
+from jaxir.errors import ConfigError
+from jaxir.operators.base import Operator, check_image, check_in_shape, safe_abs
 
 __all__ = ["PhaseRetrieval"]
-
-
-def _safe_abs(z):
-  """|z| with zero gradient at z = 0 (as torch's `abs`), not NaN."""
-  sq = z.real**2 + z.imag**2
-  pos = sq > 0
-  return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
 class PhaseRetrieval(Operator):
@@ -44,9 +37,7 @@ class PhaseRetrieval(Operator):
   oversample: float = struct.field(pytree_node=False, default=2.0)
 
   def __post_init__(self):
-    if len(self.in_shape) != 3:
-      raise ShapeError(f"PhaseRetrieval in_shape {self.in_shape} must be (H, W, C).")
-    object.__setattr__(self, "in_shape", tuple(int(d) for d in self.in_shape))
+    object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "PhaseRetrieval"))
     if not self.oversample >= 0:
       raise ConfigError(f"oversample={self.oversample!r} must be >= 0 (DPS: 2.0).")
 
@@ -58,12 +49,10 @@ class PhaseRetrieval(Operator):
 
   def A(self, x):
     """Fourier magnitudes: (H, W, C) -> (H + 2 ph, W + 2 pw, C)."""
-    if tuple(x.shape) != self.in_shape:
-      raise ShapeError(f"PhaseRetrieval takes one image of shape {self.in_shape}, "
-                       f"got {x.shape}; batch with jax.vmap.")
+    check_image(x, self.in_shape, "PhaseRetrieval.A", kind="image")
     ph, pw = self.pad
     xp = jnp.pad(x, ((ph, ph), (pw, pw), (0, 0)))
     z = jnp.fft.ifftshift(xp, axes=(0, 1))
     z = jnp.fft.fft2(z, axes=(0, 1), norm="ortho")
     z = jnp.fft.fftshift(z, axes=(0, 1))
-    return _safe_abs(z).astype(x.dtype)
+    return safe_abs(z).astype(x.dtype)

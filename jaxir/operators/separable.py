@@ -69,9 +69,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxir.errors import ConfigError, KernelError, ShapeError
-from jaxir.operators.base import SVDOperator
-from jaxir.operators.denoise import _check_in_shape
+from jaxir.errors import ConfigError, KernelError
+from jaxir.operators.base import SVDOperator, check_image, check_in_shape
 
 __all__ = ["SeparableBlur", "banded_matrix", "ddrm_gaussian_taps", "deblur_gauss", "deblur_uni",
            "deblur_aniso"]
@@ -201,7 +200,7 @@ class SeparableBlur(SVDOperator):
   ddrm_tiling: bool = struct.field(pytree_node=False, default=False)
 
   def __post_init__(self):
-    object.__setattr__(self, "in_shape", _check_in_shape(self.in_shape, "SeparableBlur"))
+    object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "SeparableBlur"))
     drop = bool(self.drop_last_tap)
     kh = _kernel_tuple(self.kernel_h, "kernel_h", drop)
     kw = kh if self.kernel_w is None else _kernel_tuple(self.kernel_w, "kernel_w", drop)
@@ -229,9 +228,7 @@ class SeparableBlur(SVDOperator):
     return _ranking(self.kernel_h, self.kernel_w, H, W, self.drop_last_tap, self.threshold)
 
   def _check(self, x, what):
-    if tuple(x.shape) != self.in_shape:
-      raise ShapeError(f"SeparableBlur.{what} takes one array of shape {self.in_shape}, got "
-                       f"{tuple(x.shape)}; batch with jax.vmap.")
+    check_image(x, self.in_shape, f"SeparableBlur.{what}")
 
   def matrices(self):
     """(M_h', M_w'): the thresholded 1-D matrices, float64 numpy (H, H), (W, W)."""

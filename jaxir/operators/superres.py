@@ -25,8 +25,7 @@ import numpy as np
 from flax import struct
 
 from jaxir.errors import ShapeError
-from jaxir.operators.base import SVDOperator
-from jaxir.operators.denoise import _check_array, _check_in_shape
+from jaxir.operators.base import SVDOperator, check_image, check_in_shape
 
 __all__ = ["BicubicSR", "AvgPoolSR", "resizer_matrix"]
 
@@ -120,7 +119,7 @@ class BicubicSR(SVDOperator):
   scale: int = struct.field(pytree_node=False, default=4)
 
   def __post_init__(self):
-    object.__setattr__(self, "in_shape", _check_in_shape(self.in_shape, "BicubicSR"))
+    object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "BicubicSR"))
     object.__setattr__(self, "scale", _check_scale(self.scale, "BicubicSR"))
 
   def _factors(self, dtype):
@@ -137,17 +136,17 @@ class BicubicSR(SVDOperator):
     return math.prod(self.in_shape), h * w * c
 
   def A(self, x):
-    _check_array(x, self.in_shape, "BicubicSR.A")
+    check_image(x, self.in_shape, "BicubicSR.A")
     (mh, *_), (mw, *_) = self._factors(x.dtype)
     return jnp.einsum("ih,hwc,jw->ijc", mh, x, mw, precision=_HI)
 
   def AT(self, y):
-    _check_array(y, self._y_shape(), "BicubicSR.AT")
+    check_image(y, self._y_shape(), "BicubicSR.AT")
     (mh, *_), (mw, *_) = self._factors(y.dtype)
     return jnp.einsum("ih,ijc,jw->hwc", mh, y, mw, precision=_HI)
 
   def pinv(self, y):
-    _check_array(y, self._y_shape(), "BicubicSR.pinv")
+    check_image(y, self._y_shape(), "BicubicSR.pinv")
     (*_, ph), (*_, pw) = self._factors(y.dtype)
     return jnp.einsum("hi,ijc,wj->hwc", ph, y, pw, precision=_HI)
 
@@ -157,7 +156,7 @@ class BicubicSR(SVDOperator):
     return jnp.broadcast_to(sh[:, None] * sw[None, :], (c,) + (sh.size, sw.size)).reshape(-1)
 
   def VT(self, x):
-    _check_array(x, self.in_shape, "BicubicSR.VT")
+    check_image(x, self.in_shape, "BicubicSR.VT")
     (mh, _, _, vh, _), (mw, _, _, vw, _) = self._factors(x.dtype)
     h, w = mh.shape[0], mw.shape[0]
     z = jnp.einsum("ha,hwc,wb->cab", vh, x, vw, precision=_HI)
@@ -165,7 +164,7 @@ class BicubicSR(SVDOperator):
                             z[:, h:, :].reshape(-1)])
 
   def V(self, v):
-    _check_array(v, (self._n_m()[0],), "BicubicSR.V")
+    check_image(v, (self._n_m()[0],), "BicubicSR.V")
     (mh, _, _, vh, _), (mw, _, _, vw, _) = self._factors(v.dtype)
     H, W, C = self.in_shape
     h, w = mh.shape[0], mw.shape[0]
@@ -175,12 +174,12 @@ class BicubicSR(SVDOperator):
     return jnp.einsum("ha,cab,wb->hwc", vh, z, vw, precision=_HI)
 
   def UT(self, y):
-    _check_array(y, self._y_shape(), "BicubicSR.UT")
+    check_image(y, self._y_shape(), "BicubicSR.UT")
     (_, uh, _, _, _), (_, uw, _, _, _) = self._factors(y.dtype)
     return jnp.einsum("ia,ijc,jb->cab", uh, y, uw, precision=_HI).reshape(-1)
 
   def U(self, u):
-    _check_array(u, (self._n_m()[1],), "BicubicSR.U")
+    check_image(u, (self._n_m()[1],), "BicubicSR.U")
     (_, uh, _, _, _), (_, uw, _, _, _) = self._factors(u.dtype)
     c = self.in_shape[2]
     z = u.reshape(c, uh.shape[0], uw.shape[0])
@@ -220,7 +219,7 @@ class AvgPoolSR(SVDOperator):
   scale: int = struct.field(pytree_node=False, default=4)
 
   def __post_init__(self):
-    shape = _check_in_shape(self.in_shape, "AvgPoolSR")
+    shape = check_in_shape(self.in_shape, "AvgPoolSR")
     s = _check_scale(self.scale, "AvgPoolSR")
     if shape[0] % s or shape[1] % s:
       raise ShapeError(f"AvgPoolSR: image size {shape[:2]} is not divisible by scale={s}; "
@@ -245,18 +244,18 @@ class AvgPoolSR(SVDOperator):
     return (H // self.scale, W // self.scale, C)
 
   def A(self, x):
-    _check_array(x, self.in_shape, "AvgPoolSR.A")
+    check_image(x, self.in_shape, "AvgPoolSR.A")
     H, W, C = self.in_shape
     s = self.scale
     return x.reshape(H // s, s, W // s, s, C).mean(axis=(1, 3))
 
   def AT(self, y):
-    _check_array(y, self._y_shape(), "AvgPoolSR.AT")
+    check_image(y, self._y_shape(), "AvgPoolSR.AT")
     s = self.scale
     return jnp.repeat(jnp.repeat(y, s, axis=0), s, axis=1) / (s * s)
 
   def pinv(self, y):
-    _check_array(y, self._y_shape(), "AvgPoolSR.pinv")
+    check_image(y, self._y_shape(), "AvgPoolSR.pinv")
     s = self.scale
     return jnp.repeat(jnp.repeat(y, s, axis=0), s, axis=1)
 
@@ -264,13 +263,13 @@ class AvgPoolSR(SVDOperator):
     return jnp.full((math.prod(self._y_shape()),), 1.0 / self.scale, jnp.float32)
 
   def VT(self, x):
-    _check_array(x, self.in_shape, "AvgPoolSR.VT")
+    check_image(x, self.in_shape, "AvgPoolSR.VT")
     s = self.scale
     z = _householder(self._blocks(x), jnp.full((s * s,), 1.0 / s, x.dtype))
     return jnp.concatenate([z[..., 0].reshape(-1), z[..., 1:].reshape(-1)])
 
   def V(self, v):
-    _check_array(v, (math.prod(self.in_shape),), "AvgPoolSR.V")
+    check_image(v, (math.prod(self.in_shape),), "AvgPoolSR.V")
     H, W, C = self.in_shape
     s = self.scale
     m = C * (H // s) * (W // s)
@@ -279,11 +278,11 @@ class AvgPoolSR(SVDOperator):
     return self._unblocks(_householder(z, jnp.full((s * s,), 1.0 / s, v.dtype)))
 
   def UT(self, y):
-    _check_array(y, self._y_shape(), "AvgPoolSR.UT")
+    check_image(y, self._y_shape(), "AvgPoolSR.UT")
     return jnp.transpose(y, (2, 0, 1)).reshape(-1)
 
   def U(self, u):
-    _check_array(u, (math.prod(self._y_shape()),), "AvgPoolSR.U")
+    check_image(u, (math.prod(self._y_shape()),), "AvgPoolSR.U")
     H, W, C = self.in_shape
     s = self.scale
     return jnp.transpose(u.reshape(C, H // s, W // s), (1, 2, 0))

@@ -52,8 +52,7 @@ import numpy as np
 from flax import struct
 
 from jaxir.errors import ConfigError, ShapeError
-from jaxir.operators.base import SVDOperator
-from jaxir.operators.denoise import _check_in_shape
+from jaxir.operators.base import SVDOperator, check_image, check_in_shape
 
 __all__ = ["WalshHadamardCS", "walsh_hadamard", "sequency_order", "walsh_hadamard_cs"]
 
@@ -142,7 +141,7 @@ class WalshHadamardCS(SVDOperator):
   ordering: str = struct.field(pytree_node=False, default="natural")
 
   def __post_init__(self):
-    shape = _check_in_shape(self.in_shape, "WalshHadamardCS")
+    shape = check_in_shape(self.in_shape, "WalshHadamardCS")
     H, W, _ = shape
     if not (_is_pow2(H) and _is_pow2(W)):
       raise ShapeError(f"WalshHadamardCS: image size {(H, W)} must have sides that are powers "
@@ -190,9 +189,7 @@ class WalshHadamardCS(SVDOperator):
     return int(math.floor(self.ratio * H * W + 1e-9))
 
   def _check(self, x, shape, what):
-    if tuple(x.shape) != tuple(shape):
-      raise ShapeError(f"WalshHadamardCS.{what} takes one array of shape {tuple(shape)}, got "
-                       f"{tuple(x.shape)}; batch with jax.vmap.")
+    check_image(x, shape, f"WalshHadamardCS.{what}")
 
   def _coefs(self, x):
     H, W, C = self.in_shape
@@ -243,6 +240,6 @@ def walsh_hadamard_cs(key, in_shape, ratio: float = 0.5,
   (official `fwht`). The official draws its permutation with `torch.randperm`;
   see the module docstring to use that one instead.
   """
-  shape = _check_in_shape(in_shape, "walsh_hadamard_cs")
+  shape = check_in_shape(in_shape, "walsh_hadamard_cs")
   perm = jax.random.permutation(key, shape[0] * shape[1])
   return WalshHadamardCS(shape, perm, ratio, ordering)

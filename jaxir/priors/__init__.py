@@ -1,4 +1,8 @@
-"""Diffusion priors: the `Prior` interface and analytic priors with exact posteriors."""
+"""Diffusion priors: the `Prior` interface and analytic priors with exact posteriors.
+
+Layer: imports `jaxir.diffusion`, `jaxir.checks` and `jaxir.errors`; `load_prior`
+alone reaches `jaxir.models` (lazily). Solvers take a prior as an argument.
+"""
 from jaxir.priors.analytic import (DiagGaussianParams, GaussianParams, GMMParams, gaussian_prior,
                                    gmm_prior, prior_covariance, sample_prior)
 from jaxir.priors.base import Prior, make_prior, model_prior, module_apply_fn

@@ -1,5 +1,8 @@
 """Restoration solvers: pure functions `solver(key, y, operator, prior, config) -> (x, info)`.
 
+Layer: imports `jaxir.operators`, `jaxir.diffusion`, `jaxir.fixed_point`, `jaxir.tasks`
+and `jaxir.errors`; a prior is only passed in (duck-typed), never imported.
+
 `jaxir.solvers.dcdp`, `dps`, `ddnm`, `ddrm`, `diffpir`, `pigdm`, `deqir` and `bird` are modules holding each solver's
 building blocks, and are callable as the solver itself:
 `jaxir.solvers.dcdp(key, y, op, prior, jaxir.solvers.dcdp_preset("sr4"))`.

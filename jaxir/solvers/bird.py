@@ -47,7 +47,7 @@ import optax
 
 from jaxir.diffusion.ddim import ddim_sample
 from jaxir.errors import ConfigError, ShapeError
-from jaxir.solvers.common import callable_module
+from jaxir.solvers.common import callable_module, preset
 
 __all__ = ["BIRDConfig", "BIRDInfo", "BIRDState", "BIRD_PRESETS", "bird_preset",
            "bird_timesteps", "bird_nfe", "generate", "project_sphere", "bird_optimizers",
@@ -115,9 +115,7 @@ BIRD_PRESETS: dict[str, BIRDConfig] = {
 
 def bird_preset(name: str, **overrides) -> BIRDConfig:
   """A named preset (`BIRD_PRESETS`), optionally with fields replaced."""
-  if name not in BIRD_PRESETS:
-    raise ConfigError(f"unknown BIRD preset {name!r}; choose from {sorted(BIRD_PRESETS)}.")
-  return dataclasses.replace(BIRD_PRESETS[name], **overrides)
+  return preset(BIRD_PRESETS, name, "BIRD", **overrides)
 
 
 def bird_timesteps(delta_t: int, num_timesteps: int = 1000) -> np.ndarray:

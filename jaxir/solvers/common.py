@@ -6,6 +6,7 @@ remove the batch axis of size one (under vmap it becomes the real batch).
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 import types
@@ -16,7 +17,24 @@ import jax.numpy as jnp
 from jaxir.errors import ConfigError, ShapeError
 
 __all__ = ["model_single", "eps_single", "residual_norm", "check_measurement",
-           "noise_like", "is_key", "callable_module"]
+           "noise_like", "is_key", "callable_module", "preset"]
+
+
+def preset(table, name: str, kind: str, **overrides):
+  """The config `table[name]` with `overrides` replaced (each solver's `*_preset`).
+
+  Args:
+    table: the solver's presets, name -> frozen config dataclass.
+    name: the preset's name.
+    kind: the solver's name for the message (e.g. "DCDP").
+    **overrides: config fields to replace; an unknown field raises TypeError.
+
+  Raises:
+    ConfigError: `name` is not in `table` (the message lists the names).
+  """
+  if name not in table:
+    raise ConfigError(f"unknown {kind} preset {name!r}; choose from {sorted(table)}.")
+  return dataclasses.replace(table[name], **overrides)
 
 
 def model_single(prior, x, t):

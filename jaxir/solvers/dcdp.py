@@ -34,7 +34,8 @@ import numpy as np
 from jaxir.diffusion.ddim import ddim_loop, q_sample
 from jaxir.diffusion.respace import space_timesteps
 from jaxir.errors import ConfigError
-from jaxir.solvers.common import callable_module, check_measurement, noise_like, residual_norm
+from jaxir.solvers.common import (callable_module, check_measurement, noise_like, preset,
+                                  residual_norm)
 
 __all__ = ["DCDPConfig", "DCDPInfo", "DCDP_PRESETS", "dcdp_preset", "for_noise", "effective_step",
            "rescale_lr", "dcdp_schedule", "dcdp_nfe", "PurificationTable", "purification_table",
@@ -157,9 +158,7 @@ def for_noise(config: DCDPConfig, sigma_y: float) -> DCDPConfig:
 
 def dcdp_preset(name: str, **overrides) -> DCDPConfig:
   """A named preset (`DCDP_PRESETS`), optionally with fields replaced."""
-  if name not in DCDP_PRESETS:
-    raise ConfigError(f"unknown DCDP preset {name!r}; choose from {sorted(DCDP_PRESETS)}.")
-  return dataclasses.replace(DCDP_PRESETS[name], **overrides)
+  return preset(DCDP_PRESETS, name, "DCDP", **overrides)
 
 
 def effective_step(config: DCDPConfig, m: int) -> float:

@@ -78,7 +78,8 @@ import numpy as np
 
 from jaxir.diffusion.ddim import ddim_sample, ddim_step, q_sample, x0_from_eps
 from jaxir.errors import ConfigError, ShapeError
-from jaxir.solvers.common import callable_module, check_measurement, eps_single, residual_norm
+from jaxir.solvers.common import (callable_module, check_measurement, eps_single, preset,
+                                  residual_norm)
 
 __all__ = ["DDNMConfig", "DDNMInfo", "DDNMSchedule", "DDNM_PRESETS", "ddnm_preset",
            "uniform_timesteps", "ddnm_schedule", "range_space_correction", "spectrum",
@@ -160,9 +161,7 @@ DDNM_PRESETS: dict[str, DDNMConfig] = {
 
 def ddnm_preset(name: str, **overrides) -> DDNMConfig:
   """A named preset (`DDNM_PRESETS`), optionally with fields replaced (e.g. sigma_y)."""
-  if name not in DDNM_PRESETS:
-    raise ConfigError(f"unknown DDNM preset {name!r}; choose from {sorted(DDNM_PRESETS)}.")
-  return dataclasses.replace(DDNM_PRESETS[name], **overrides)
+  return preset(DDNM_PRESETS, name, "DDNM", **overrides)
 
 
 class DDNMInfo(NamedTuple):

@@ -60,7 +60,8 @@ import numpy as np
 from jaxir.diffusion.ddim import x0_from_eps
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.base import SVDOperator
-from jaxir.solvers.common import callable_module, check_measurement, eps_single, residual_norm
+from jaxir.solvers.common import (callable_module, check_measurement, eps_single, preset,
+                                  residual_norm)
 from jaxir.tasks import TASKS
 
 __all__ = ["DDRMConfig", "DDRMInfo", "DDRM_PRESETS", "ddrm_preset", "ddrm_timesteps",
@@ -135,9 +136,7 @@ DDRM_PRESETS: dict[str, DDRMConfig] = {
 
 def ddrm_preset(name: str, **overrides) -> DDRMConfig:
   """A named preset (`DDRM_PRESETS`), optionally with fields replaced."""
-  if name not in DDRM_PRESETS:
-    raise ConfigError(f"unknown DDRM preset {name!r}; choose from {sorted(DDRM_PRESETS)}.")
-  return dataclasses.replace(DDRM_PRESETS[name], **overrides)
+  return preset(DDRM_PRESETS, name, "DDRM", **overrides)
 
 
 def ddrm_timesteps(steps: int, num_timesteps: int = 1000) -> np.ndarray:

@@ -56,8 +56,8 @@ from jaxir.diffusion.ddim import ddim_sample, q_sample
 from jaxir.errors import ConfigError
 from jaxir.operators.base import SVDOperator, fixed_cg
 from jaxir.operators.blur import svd_form
-from jaxir.solvers.common import (callable_module, check_measurement, is_key, noise_like,
-                                 residual_norm)
+from jaxir.solvers.common import (callable_module, check_measurement, is_key, noise_like, preset,
+                                  residual_norm)
 
 __all__ = ["DiffPIRConfig", "DiffPIRInfo", "DIFFPIR_PRESETS", "diffpir_preset",
            "diffpir_timesteps", "diffpir_rho", "proximal",
@@ -145,9 +145,7 @@ DIFFPIR_PRESETS: dict[str, DiffPIRConfig] = {
 
 def diffpir_preset(name: str, **overrides) -> DiffPIRConfig:
   """A named preset (`DIFFPIR_PRESETS`), optionally with fields replaced."""
-  if name not in DIFFPIR_PRESETS:
-    raise ConfigError(f"unknown DiffPIR preset {name!r}; choose from {sorted(DIFFPIR_PRESETS)}.")
-  return dataclasses.replace(DIFFPIR_PRESETS[name], **overrides)
+  return preset(DIFFPIR_PRESETS, name, "DiffPIR", **overrides)
 
 
 def diffpir_timesteps(steps: int, num_timesteps: int = 1000, skip_type: str = "quad",

@@ -26,7 +26,7 @@ import numpy as np
 from jaxir.diffusion.ddim import x0_from_eps
 from jaxir.diffusion.respace import space_timesteps
 from jaxir.errors import ConfigError, ShapeError
-from jaxir.solvers.common import callable_module, check_measurement, model_single
+from jaxir.solvers.common import callable_module, check_measurement, model_single, preset
 
 __all__ = ["DPSConfig", "DPSInfo", "DPSTables", "DPS_PRESETS", "dps_preset", "dps_tables",
            "dps_step", "dps_sample", "dps"]
@@ -74,9 +74,7 @@ DPS_PRESETS: dict[str, DPSConfig] = {
 
 def dps_preset(name: str, **overrides) -> DPSConfig:
   """A named preset (`DPS_PRESETS`), optionally with fields replaced."""
-  if name not in DPS_PRESETS:
-    raise ConfigError(f"unknown DPS preset {name!r}; choose from {sorted(DPS_PRESETS)}.")
-  return dataclasses.replace(DPS_PRESETS[name], **overrides)
+  return preset(DPS_PRESETS, name, "DPS", **overrides)
 
 
 class DPSTables(NamedTuple):

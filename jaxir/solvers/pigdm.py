@@ -49,7 +49,8 @@ import numpy as np
 
 from jaxir.diffusion.ddim import ddim_step, ddim_tables, x0_from_eps
 from jaxir.errors import ConfigError, ShapeError
-from jaxir.solvers.common import callable_module, check_measurement, eps_single, residual_norm
+from jaxir.solvers.common import (callable_module, check_measurement, eps_single, preset,
+                                  residual_norm)
 from jaxir.operators.base import fixed_cg
 from jaxir.operators.blur import svd_form
 
@@ -113,9 +114,7 @@ PIGDM_PRESETS: dict[str, PiGDMConfig] = {
 
 def pigdm_preset(name: str, **overrides) -> PiGDMConfig:
   """A named preset (`PIGDM_PRESETS`), optionally with fields replaced."""
-  if name not in PIGDM_PRESETS:
-    raise ConfigError(f"unknown PiGDM preset {name!r}; choose from {sorted(PIGDM_PRESETS)}.")
-  return dataclasses.replace(PIGDM_PRESETS[name], **overrides)
+  return preset(PIGDM_PRESETS, name, "PiGDM", **overrides)
 
 
 def pigdm_timesteps(steps: int, num_timesteps: int = 1000) -> np.ndarray:

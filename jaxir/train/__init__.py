@@ -2,6 +2,10 @@
 
 `train_and_evaluate(get_config("mnist32"), workdir)` trains or resumes a run;
 `experiments/train_prior.py` is its command line.
+
+Layer: imports `jaxir.models`, `jaxir.diffusion`, `jaxir.parallel`, `jaxir.priors`
+(lazily) and `jaxir.errors`; only the top layer (`jaxir.experiment`, `experiments/`)
+imports it.
 """
 from jaxir.train.configs import CONFIG_NAMES, TrainConfig, get_config
 from jaxir.train.data import (MNIST_HOLDOUT, NATURAL_GRAY, NATURAL_HOLDOUT, NATURAL_TRAIN,

@@ -173,28 +173,30 @@ def _natural64() -> TrainConfig:
       checkpoint_every=100, eval_every=500, sample_every=1000)
 
 
-def _mnist32_gpu() -> TrainConfig:
-  # The shipped mnist32 architecture (1.4M parameters, so it stays fast on a CPU), trained on
-  # one GPU for a few minutes: batch 256, cosine decay over the run (experiments/gpu_train.sh
-  # sets num_steps from the measured step rate and the time budget), the plain eps loss.
-  return _mnist32().replace(
-      name="mnist32_gpu", batch_size=256, num_steps=20_000, learning_rate=1e-3,
+def _gpu(base: TrainConfig, batch_size: int, **kw) -> TrainConfig:
+  # `base`'s architecture (so the prior stays fast on a CPU), trained on one GPU for a few
+  # minutes: a larger batch, cosine decay over the run (experiments/gpu_train.sh sets
+  # num_steps from the measured step rate and the time budget), the plain eps loss, logs
+  # and evaluations rarer, checkpoints and sample grids only at the end.
+  return base.replace(
+      name=f"{base.name}_gpu", batch_size=batch_size, num_steps=20_000, learning_rate=1e-3,
       warmup_steps=300, lr_schedule="cosine", ema_decay=0.9995,
-      log_every=200, eval_every=2000, checkpoint_every=100_000, sample_every=100_000)
+      log_every=200, eval_every=2000, checkpoint_every=100_000, sample_every=100_000, **kw)
+
+
+def _mnist32_gpu() -> TrainConfig:
+  # The shipped mnist32 architecture (1.4M parameters), batch 256.
+  return _gpu(_mnist32(), batch_size=256)
 
 
 def _natural64_gpu() -> TrainConfig:
-  # The shipped natural64 architecture (1.9M parameters), trained on one GPU: batch 128,
-  # greyscale photographs added (grey on three channels), cosine decay over the run.
-  # Sources exclude scico: its only image, kodim23, is held out, and the package is not on
-  # the GPU image (grace_hopper, from matplotlib, stays the held-out evaluation image).
-  return _natural64().replace(
-      name="natural64_gpu",
-      data=dict(patch_size=64, max_crop=256, include_gray=True,
-                sources=("skimage", "sklearn", "matplotlib")),
-      batch_size=128, num_steps=20_000, learning_rate=1e-3, warmup_steps=300,
-      lr_schedule="cosine", ema_decay=0.9995,
-      log_every=200, eval_every=2000, checkpoint_every=100_000, sample_every=100_000)
+  # The shipped natural64 architecture (1.9M parameters), batch 128, greyscale photographs
+  # added (grey on three channels). Sources exclude scico: its only image, kodim23, is held
+  # out, and the package is not on the GPU image (grace_hopper, from matplotlib, stays the
+  # held-out evaluation image).
+  return _gpu(_natural64(), batch_size=128,
+              data=dict(patch_size=64, max_crop=256, include_gray=True,
+                        sources=("skimage", "sklearn", "matplotlib")))
 
 
 def _tiny() -> TrainConfig:
