@@ -29,9 +29,10 @@ import jax.numpy as jnp
 
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.models.attention import AttentionConfig, attention
-from jaxir.models.conv import conv_general_dilated
 from jaxir.models.activations import silu
+from jaxir.models.conv import conv2d
 from jaxir.models.norm import GroupNorm
+from jaxir.models.resample import Downsample, Upsample, avg_pool2, upsample_nearest
 
 __all__ = ["ADMConfig", "adm_config", "ADMUNet", "timestep_embedding",
            "ResBlock", "AttentionBlock", "Upsample", "Downsample", "NUM_CLASSES"]
@@ -184,51 +185,6 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0):
   return emb
 
 
-def _conv(features: int, dtype, name: str, kernel: int = 3, stride: int = 1):
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), dtype=dtype, param_dtype=jnp.float32,
-                 conv_general_dilated=conv_general_dilated, name=name)
-
-
-def _upsample_nearest(x):
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
-def _avg_pool2(x):
-  # Four strided slices, not a reshape-and-mean: XLA CPU pulls a reduce into a
-  # YNNPACK fusion together with the convolution after it, which then ran
-  # slower than XLA's own convolution.
-  h = x.astype(jnp.float32)
-  s = ((h[:, 0::2, 0::2] + h[:, 0::2, 1::2]) + h[:, 1::2, 0::2]) + h[:, 1::2, 1::2]
-  return (s * 0.25).astype(x.dtype)
-
-
-class Upsample(nn.Module):
-  """Nearest x2 upsampling, then a 3x3 conv (`conv`) when `use_conv`."""
-  channels: int
-  use_conv: bool
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    x = _upsample_nearest(x)
-    return _conv(self.channels, self.dtype, "conv")(x) if self.use_conv else x
-
-
-class Downsample(nn.Module):
-  """Stride-2 3x3 conv (`op`) when `use_conv`, else 2x2 average pooling."""
-  channels: int
-  use_conv: bool
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    if self.use_conv:
-      return _conv(self.channels, self.dtype, "op", stride=2)(x)
-    return _avg_pool2(x)
-
-
 class ResBlock(nn.Module):
   """guided-diffusion `ResBlock` (dropout omitted: inference only)."""
   out_channels: int
@@ -242,10 +198,10 @@ class ResBlock(nn.Module):
     oc = self.out_channels
     h = silu(GroupNorm(name="in_layers_0")(x))
     if self.up:
-      h, x = _upsample_nearest(h), _upsample_nearest(x)
+      h, x = upsample_nearest(h), upsample_nearest(x)
     elif self.down:
-      h, x = _avg_pool2(h), _avg_pool2(x)
-    h = _conv(oc, self.dtype, "in_layers_2")(h)
+      h, x = avg_pool2(h), avg_pool2(x)
+    h = conv2d(oc, self.dtype, "in_layers_2")(h)
     e = nn.Dense(2 * oc if self.use_scale_shift_norm else oc, name="emb_layers_1")(silu(emb))
     e = e.astype(h.dtype)[:, None, None, :]
     if self.use_scale_shift_norm:
@@ -253,8 +209,8 @@ class ResBlock(nn.Module):
       h = GroupNorm(name="out_layers_0")(h) * (1 + scale) + shift
     else:
       h = GroupNorm(name="out_layers_0")(h + e)
-    h = _conv(oc, self.dtype, "out_layers_3")(silu(h))
-    skip = x if x.shape[-1] == oc else _conv(oc, self.dtype, "skip_connection", kernel=1)(x)
+    h = conv2d(oc, self.dtype, "out_layers_3")(silu(h))
+    skip = x if x.shape[-1] == oc else conv2d(oc, self.dtype, "skip_connection", kernel=1)(x)
     return skip + h
 
 
@@ -362,7 +318,7 @@ class ADMUNet(nn.Module):
 
     mc = cfg.model_channels
     ch = int(cfg.channel_mult[0] * mc)
-    h = _conv(ch, dt, "input_blocks_0_0")(x.astype(dt))
+    h = conv2d(ch, dt, "input_blocks_0_0")(x.astype(dt))
     hs, idx, ds = [h], 1, 1
     for level, mult in enumerate(cfg.channel_mult):
       for _ in range(cfg.num_res_blocks):
@@ -407,4 +363,4 @@ class ADMUNet(nn.Module):
 
     h = h.astype(jnp.float32)
     h = silu(GroupNorm(name="out_0")(h))
-    return _conv(cfg.out_channels, jnp.float32, "out_2")(h)
+    return conv2d(cfg.out_channels, jnp.float32, "out_2")(h)

@@ -11,17 +11,21 @@ slower inside a `lax.scan` on CPU (a DPS loop), the forward form does not. The
 forward pass is XLA's own, so inference is unchanged; only gradients take the
 other (mathematically identical) route, and only on the CPU backend.
 
-Pass it to Flax: `nn.Conv(..., conv_general_dilated=conv_general_dilated)`.
+Pass it to Flax: `nn.Conv(..., conv_general_dilated=conv_general_dilated)`, or
+build the layer with `conv2d`, which both U-Nets use.
 """
 from __future__ import annotations
 
 import functools
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["conv_general_dilated", "conv_nhwc"]
+__all__ = ["conv_general_dilated", "conv_nhwc", "conv2d"]
 
 
 def _xla_conv(x, w, strides, padding):
@@ -102,3 +106,26 @@ def _is_nhwc(dn) -> bool:
     return tuple(dn.lhs_spec) == (0, 3, 1, 2) and tuple(dn.rhs_spec) == (3, 2, 0, 1) \
         and tuple(dn.out_spec) == (0, 3, 1, 2)
   return tuple(dn) == ("NHWC", "HWIO", "NHWC")
+
+
+def conv2d(features: int, dtype: Any, name: str, kernel: int = 3, stride: int = 1,
+           padding=None) -> nn.Conv:
+  """A U-Net convolution layer: float32 parameters, this module's fast gradient.
+
+  Args:
+    features: output channels.
+    dtype: compute dtype (float32 or bfloat16).
+    name: the Flax module name (mirrors the PyTorch key).
+    kernel: square kernel size.
+    stride: the same stride along H and W.
+    padding: ((top, bottom), (left, right)); default kernel // 2 on every side,
+      as PyTorch's `Conv2d(..., padding=kernel // 2)` in both upstream U-Nets.
+
+  Returns:
+    An `nn.Conv` mapping (N, H, W, C) to (N, H', W', features).
+  """
+  pad = kernel // 2
+  padding = ((pad, pad), (pad, pad)) if padding is None else padding
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
+                 dtype=dtype, param_dtype=jnp.float32,
+                 conv_general_dilated=conv_general_dilated, name=name)
