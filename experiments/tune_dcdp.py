@@ -14,6 +14,12 @@ best mean PSNR is printed, with a line to paste into
 beats the official preset by less than 0.1 dB (then the official one stays).
 Fields not in the grid stay the official ones; the DDIM variant uses the same
 setting.
+
+A thin wrapper over the experiment runner (`jaxir.experiment`): each grid
+point is one row of a runner table (label "tweedie[...]", the official preset
+"official"), every task's full config given as that task's overrides, results
+in --out (resumable: an interrupted grid continues where it stopped).
+`experiments/configs/tune_dcdp_mnist32.toml` is the mu x T0 grid as a config.
 """
 from __future__ import annotations
 
@@ -21,10 +27,8 @@ import argparse
 import dataclasses
 import itertools
 import sys
-import zlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 TASKS = ("sr4", "gaussian_deblur", "motion_deblur", "box_inpaint", "denoise")
@@ -56,50 +60,64 @@ def main(argv=None) -> int:
                        "replaces --lr-factors/--t0s)")
   ap.add_argument("--sigma-y", type=float, default=None,
                   help="measurement noise std (default: the task's)")
+  ap.add_argument("--out", default=None,
+                  help="runner output folder (default runs/tune_dcdp_<prior>)")
   args = ap.parse_args(argv)
 
   from jaxir.cli import solver_config
-  from jaxir.priors import load_prior
-  from jaxir.tasks import prior_channels, simulate, stack_operators
+  from jaxir.errors import JaxirError
+  from jaxir.experiment import parse_config, run_experiment
 
-  prior = load_prior(args.prior)
-  xs = jnp.asarray(training_images(args.prior, args.count, channels=prior_channels(prior)))
-  n = xs.shape[0]
-  root = jax.random.key(100)  # differs from the quality table's seed
   grid = _parse_grid(args.grid) if args.grid else {
       "lr_factor": [float(f) for f in args.lr_factors.split(",")],
       "T0": [int(t) for t in args.t0s.split(",")]}
   names = list(grid)
-  print(f"{args.prior}: {n} training images; Tweedie DCDP; PSNR (dB) per ({', '.join(names)})")
-  for task in args.tasks.split(","):
-    keys = jax.random.split(jax.random.fold_in(root, zlib.crc32(task.encode())), n)
-    ops, ys = zip(*[simulate(task, jax.random.fold_in(k, 0), x, sigma_y=args.sigma_y)
-                    for k, x in zip(keys, xs)])
-    op_b, y_b = stack_operators(ops), jnp.stack(ys)
-    skeys = jnp.stack([jax.random.fold_in(k, 1) for k in keys])
-    fn, base = solver_config("dcdp-tweedie", task)
-    official = tuple(1.0 if k == "lr_factor" else getattr(base, k) for k in names)
-    scores = {}
-    for values in itertools.product(*grid.values()):
+  tasks = args.tasks.split(",")
+  settings: dict[str, dict] = {}  # row label -> {task: config}
+  official = {}
+  for task in tasks:
+    _, base = solver_config("dcdp-tweedie", task, sigma_y=args.sigma_y)
+    official[task] = tuple(1.0 if k == "lr_factor" else getattr(base, k) for k in names)
+    for values in list(itertools.product(*grid.values())) + [official[task]]:
       cfg = _setting(base, dict(zip(names, values)))
       if cfg is not None:
-        scores[values] = _score(fn, cfg, skeys, y_b, op_b, prior, xs)
-        print(f"  {task} {_fmt(names, values)}: {scores[values]:.2f} dB", flush=True)
-    if official not in scores:
-      scores[official] = _score(fn, base, skeys, y_b, op_b, prior, xs)
+        label = "official" if values == official[task] else f"tweedie[{_fmt(names, values)}]"
+        settings.setdefault(label, {})[task] = cfg
+  dataset = "mnist32" if args.prior.startswith("mnist32") else "natural64"
+  raw = {"title": f"DCDP tuning (Tweedie), {args.prior} training images", "seeds": [100],
+         "batch": args.count, "metrics": ["psnr"], "figure_images": 0,
+         "prior": {"name": args.prior},
+         "images": {"source": "train", "dataset": dataset, "count": args.count},
+         "tasks": [{"name": t} if args.sigma_y is None else {"name": t, "sigma_y": args.sigma_y}
+                   for t in tasks],
+         "solvers": [{"name": "dcdp-tweedie", "label": label, "tasks": sorted(per_task),
+                      "task_overrides": {t: dataclasses.asdict(c) for t, c in per_task.items()}}
+                     for label, per_task in settings.items()]}
+  print(f"{args.prior}: {args.count} training images; Tweedie DCDP; PSNR (dB) per "
+        f"({', '.join(names)})", flush=True)
+  try:
+    table = run_experiment(parse_config(raw), args.out or f"runs/tune_dcdp_{args.prior}")
+  except JaxirError as e:
+    print(f"tune_dcdp: error: {e}", file=sys.stderr)
+    return 2
+  for task in tasks:
+    scores = {r["method"]: r["psnr_mean"] for r in table if r["task"] == task}
+    for label, score in scores.items():
+      print(f"  {task} {label}: {score:.2f} dB", flush=True)
     best = max(scores, key=scores.get)
-    if scores[best] < scores[official] + MIN_GAIN_DB:
-      best = official  # ties and tiny gains keep the official preset
-    if best == official:
+    if scores[best] < scores["official"] + MIN_GAIN_DB:
+      best = "official"  # ties and tiny gains keep the official preset
+    base = settings["official"][task]
+    if best == "official":
       print(f"{task}: keep the official preset {base_name(task)!r} ({scores[best]:.2f} dB; no "
             f"setting beats it by {MIN_GAIN_DB} dB)", flush=True)
     else:
-      cfg = _setting(base, dict(zip(names, best)))
+      cfg = settings[best][task]
       changed = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
                  if getattr(cfg, f.name) != getattr(base, f.name)}
       print(f'{task}: best "{args.prior}/{task}": dataclasses.replace(DCDP_PRESETS['
             f'"{base_name(task)}"], {", ".join(f"{k}={v!r}" for k, v in changed.items())}),  '
-            f"# {scores[best]:.2f} dB vs {scores[official]:.2f} dB official", flush=True)
+            f"# {scores[best]:.2f} dB vs {scores['official']:.2f} dB official", flush=True)
   return 0
 
 
@@ -132,13 +150,6 @@ def _setting(base, values):
 
 def _fmt(names, values):
   return " ".join(f"{k}={v:g}" for k, v in zip(names, values))
-
-
-def _score(fn, cfg, skeys, y_b, op_b, prior, xs) -> float:
-  from jaxir import io, metrics
-  run = jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, None, None)), static_argnums=4)
-  x_hat, _ = run(skeys, y_b, op_b, prior, cfg)
-  return float(jnp.mean(metrics.psnr(io.to_unit(jnp.clip(x_hat, -1, 1)), io.to_unit(xs))))
 
 
 def base_name(task):
