@@ -43,3 +43,21 @@ def ddpm_tiny_prior(schedule_dtype: str = "float64"):
   params = D.ddpm_params_from_state_dict(sd, cfg)
   return model_prior(D.DDPMUNet.from_config(cfg), params,
                      get_schedule("linear", 1000, schedule_dtype))
+
+
+def gaussian16_problem(sigma_y: float = 0.1):
+  """A 16-D Gaussian prior (dense covariance) on (4, 4, 1) images, an 8 x 16 matrix operator
+  and a noisy measurement: (prior, cov, mu, operator, matrix, y), all from seed 0."""
+  import jax.numpy as jnp
+  import numpy as np
+  from jaxir.operators.matrix import matrix_operator
+  from jaxir.priors.analytic import gaussian_prior
+  rng = np.random.default_rng(0)
+  shape, n, m = (4, 4, 1), 16, 8
+  q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+  cov = (q * np.exp(rng.uniform(np.log(0.02), np.log(0.3), n))) @ q.T
+  mu = rng.uniform(-0.3, 0.3, shape)
+  mat = rng.standard_normal((m, n)) / np.sqrt(n)
+  x = mu.reshape(-1) + np.linalg.cholesky(cov) @ rng.standard_normal(n)
+  y = jnp.asarray(mat @ x + sigma_y * rng.standard_normal(m), jnp.float32)
+  return gaussian_prior(mu, cov), cov, mu, matrix_operator(mat, shape), mat, y

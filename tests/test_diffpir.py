@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from references import rel_err
+from references import gaussian16_problem, rel_err
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.base import Operator
 from jaxir.operators.blur import Blur, CircularBlur
@@ -30,7 +30,7 @@ from jaxir.operators.denoise import Identity
 from jaxir.operators.separable import deblur_gauss
 from jaxir.operators.superres import AvgPoolSR, BicubicSR
 from jaxir.operators.walsh_hadamard import walsh_hadamard_cs
-from jaxir.priors.analytic import gaussian_prior, gmm_prior, sample_prior
+from jaxir.priors.analytic import gmm_prior, sample_prior
 from jaxir.priors.posterior import (gaussian_posterior, gmm_posterior, gmm_posterior_mean,
                                     operator_matrix, sample_mixture)
 from jaxir.solvers.diffpir import (DIFFPIR_PRESETS, DiffPIRConfig, diffpir, diffpir_preset,
@@ -87,18 +87,8 @@ class Tanh(Operator):
 @pytest.fixture(scope="module")
 def gauss16():
   """A 16-D Gaussian prior with a dense covariance, a 8 x 16 matrix operator, noisy y."""
-  rng = np.random.default_rng(0)
-  shape, n, m = (4, 4, 1), 16, 8
-  q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-  cov = (q * np.exp(rng.uniform(np.log(0.02), np.log(0.3), n))) @ q.T
-  mu = rng.uniform(-0.3, 0.3, shape)
-  prior = gaussian_prior(mu, cov)
-  mat = rng.standard_normal((m, n)) / np.sqrt(n)
-  op = matrix_operator(mat, shape)
-  x = mu.reshape(-1) + np.linalg.cholesky(cov) @ rng.standard_normal(n)
-  sigma_y = 0.1
-  y = jnp.asarray(mat @ x + sigma_y * rng.standard_normal(m), jnp.float32)
-  return prior, op, y, sigma_y
+  prior, _, _, op, _, y = gaussian16_problem(0.1)
+  return prior, op, y, 0.1
 
 
 # ----------------------------------------------------------------------------- schedule

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from references import rel_err
+from references import gaussian16_problem, rel_err
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.blur import Blur, CircularBlur
 from jaxir.operators.inpaint import Inpaint
@@ -46,15 +46,7 @@ def sliced_w2(a, b, n_dir=64):
 @pytest.fixture(scope="module")
 def gauss16():
   """A 16-D Gaussian prior (dense covariance), an 8 x 16 matrix operator, noisy y."""
-  rng = np.random.default_rng(0)
-  shape, n, m = (4, 4, 1), 16, 8
-  q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-  cov = (q * np.exp(rng.uniform(np.log(0.02), np.log(0.3), n))) @ q.T
-  mu = rng.uniform(-0.3, 0.3, shape)
-  mat = rng.standard_normal((m, n)) / np.sqrt(n)
-  x = mu.reshape(-1) + np.linalg.cholesky(cov) @ rng.standard_normal(n)
-  y = jnp.asarray(mat @ x + 0.1 * rng.standard_normal(m), jnp.float32)
-  return gaussian_prior(mu, cov), cov, mu, matrix_operator(mat, shape), mat, y
+  return gaussian16_problem(0.1)
 
 
 # ----------------------------------------------------------------------------- building blocks
