@@ -61,3 +61,14 @@ def gaussian16_problem(sigma_y: float = 0.1):
   x = mu.reshape(-1) + np.linalg.cholesky(cov) @ rng.standard_normal(n)
   y = jnp.asarray(mat @ x + sigma_y * rng.standard_normal(m), jnp.float32)
   return gaussian_prior(mu, cov), cov, mu, matrix_operator(mat, shape), mat, y
+
+
+def sliced_w2_2d(a, b, n_dir=64):
+  """Sliced 2-Wasserstein distance of two 2-D sample sets (n, 2), by 199 quantiles along
+  n_dir evenly spaced directions."""
+  import numpy as np
+  th = np.linspace(0, np.pi, n_dir, endpoint=False)
+  d = np.stack([np.cos(th), np.sin(th)], 1)
+  q = np.linspace(0.005, 0.995, 199)
+  qa, qb = np.quantile(a @ d.T, q, axis=0), np.quantile(b @ d.T, q, axis=0)
+  return float(np.sqrt(np.mean((qa - qb) ** 2)))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from references import gaussian16_problem, rel_err
+from references import gaussian16_problem, rel_err, sliced_w2_2d as sliced_w2
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.base import Operator
 from jaxir.operators.blur import Blur, CircularBlur
@@ -66,15 +66,6 @@ def dense_prox(a_mat, y, x0, rho):
   n = a.shape[1]
   rhs = a.T @ np.asarray(y, np.float64).reshape(-1) + rho * np.asarray(x0, np.float64).reshape(-1)
   return np.linalg.solve(a.T @ a + rho * np.eye(n), rhs)
-
-
-def sliced_w2(a, b, n_dir=64):
-  """Sliced 2-Wasserstein distance of two 2-D sample sets, by quantiles."""
-  th = np.linspace(0, np.pi, n_dir, endpoint=False)
-  d = np.stack([np.cos(th), np.sin(th)], 1)
-  q = np.linspace(0.005, 0.995, 199)
-  qa, qb = np.quantile(a @ d.T, q, axis=0), np.quantile(b @ d.T, q, axis=0)
-  return float(np.sqrt(np.mean((qa - qb) ** 2)))
 
 
 class Tanh(Operator):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from references import gaussian16_problem, rel_err
+from references import gaussian16_problem, rel_err, sliced_w2_2d as sliced_w2
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.blur import Blur, CircularBlur
 from jaxir.operators.inpaint import Inpaint
@@ -32,15 +32,6 @@ from jaxir.tasks import TASKS
 
 _pinv = jax.jit(weighted_pinv, static_argnames=("cg_steps", "noiseless"))
 _matrix = jax.jit(operator_matrix)
-
-
-def sliced_w2(a, b, n_dir=64):
-  """Sliced 2-Wasserstein distance of two 2-D sample sets, by quantiles."""
-  th = np.linspace(0, np.pi, n_dir, endpoint=False)
-  d = np.stack([np.cos(th), np.sin(th)], 1)
-  q = np.linspace(0.005, 0.995, 199)
-  qa, qb = np.quantile(a @ d.T, q, axis=0), np.quantile(b @ d.T, q, axis=0)
-  return float(np.sqrt(np.mean((qa - qb) ** 2)))
 
 
 @pytest.fixture(scope="module")
