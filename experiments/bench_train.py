@@ -25,8 +25,9 @@ uses as many threads as JAX's CPU client (all cores this process may use)
 unless `--threads` is given. The two alternate (interleaved rounds, so a slow
 spell of a shared machine hits both alike); the results are median ms per
 step, steps/s and torch / jaxir (> 1: jaxir faster) against issue 17's target
-"jaxir at least as fast as PyTorch" (>= 1). XLA_FLAGS is used as given (the
-trainer and `experiments/train_prior.py` set none) and printed in the header
+"jaxir at least as fast as PyTorch" (>= 1). XLA_FLAGS is used as given
+(`experiments/train_prior.py` adds one host device per usable core, as the `jaxir` command does;
+set `--xla_force_host_platform_device_count` here to time that) and printed in the header
 with the load averages. On a shared machine (load average above the core
 count) the verdict is marked inconclusive: eager PyTorch's OpenMP regions wait
 for their slowest thread and slow down far more than XLA's thread pool when

@@ -13,7 +13,9 @@ DN = ("NHWC", "HWIO", "NHWC")
 @pytest.mark.parametrize("kernel,stride,padding", [
     (3, 1, ((1, 1), (1, 1))), (3, 2, ((1, 1), (1, 1))), (3, 2, ((0, 1), (0, 1))),
     (1, 1, ((0, 0), (0, 0))), (3, 1, "SAME"), (3, 2, "SAME")])
-def test_value_and_gradients_match_lax(kernel, stride, padding):
+@pytest.mark.parametrize("route", ["mixed", "matmul", "xla"])
+def test_value_and_gradients_match_lax(kernel, stride, padding, route, monkeypatch):
+  monkeypatch.setenv("JAXIR_CONV_GRAD", route)
   kx, kw, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (2, 9, 10, 5))
   w = jax.random.normal(kw, (kernel, kernel, 5, 7))

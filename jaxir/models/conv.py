@@ -1,15 +1,21 @@
 """A drop-in `lax.conv_general_dilated` whose gradients are fast on CPU.
 
-XLA's CPU backend computes a convolution's kernel gradient about 15x slower
-than the forward pass (measured here: 3x3, 64->64 channels, 32x32, batch 32:
-forward 37 ms, input gradient 68 ms, kernel gradient 516 ms). For a k x k
-kernel the kernel gradient is k*k matrix products of shifted input windows
-with the output gradient, which XLA runs at matmul speed (142 ms for the whole
-gradient above, 4.9x faster). The input gradient is written as a forward
-convolution with the flipped kernel: XLA's conv-backward-input runs about 2.2x
-slower inside a `lax.scan` on CPU (a DPS loop), the forward form does not. The
-forward pass is XLA's own, so inference is unchanged; only gradients take the
-other (mathematically identical) route, and only on the CPU backend.
+The forward pass is XLA's own, so inference is unchanged; only gradients take
+another (mathematically identical) route, and only on the CPU backend:
+
+* input gradient: a forward convolution of the output gradient with the
+  flipped kernel. XLA's conv-backward-input runs about 2.2x slower inside a
+  `lax.scan` on CPU (a DPS loop); the forward form does not.
+* kernel gradient: XLA's own (route "mixed", the default). An earlier XLA
+  computed it about 15x slower than the forward pass, and k*k matrix products
+  of shifted input windows (route "matmul") were 4.9x faster; with jax 0.10.2
+  on this project's 2-core AMD EPYC (2026-11-30, idle, `bench_train.py
+  --breakdown`, mnist32 batch 32) the whole train step takes 1133 ms with
+  "matmul", 844 ms with XLA's gradients for both ("xla") and 813 ms with
+  "mixed" (natural64 batch 16: 1483 ms "xla", 1566 ms "mixed", within noise).
+
+`JAXIR_CONV_GRAD=matmul|xla|mixed` picks the route at trace time (for
+benchmarks; all three agree to float32 rounding, `tests/test_conv.py`).
 
 Pass it to Flax: `nn.Conv(..., conv_general_dilated=conv_general_dilated)`, or
 build the layer with `conv2d`, which both U-Nets use.
@@ -17,6 +23,7 @@ build the layer with `conv2d`, which both U-Nets use.
 from __future__ import annotations
 
 import functools
+import os
 
 from typing import Any
 
@@ -43,8 +50,23 @@ def _fwd(x, w, strides, padding):
   return _xla_conv(x, w, strides, padding), (x, w)
 
 
+def _grad_route() -> str:
+  """`JAXIR_CONV_GRAD`: "matmul" (dx as a forward conv, dw as k*k matmuls), "xla"
+  (XLA's own conv gradients) or "mixed" (forward-conv dx, XLA's dw). Read at trace time."""
+  return os.environ.get("JAXIR_CONV_GRAD", _DEFAULT_ROUTE)
+
+
+_DEFAULT_ROUTE = "mixed"
+
+
 def _bwd(strides, padding, res, g):
   x, w = res
+  route = _grad_route()
+  if route not in ("matmul", "xla", "mixed"):
+    raise ValueError(f"JAXIR_CONV_GRAD={route!r}: use 'matmul', 'xla' or 'mixed'")
+  if route == "xla":
+    _, vjp = jax.vjp(lambda a, b: _xla_conv(a, b, strides, padding), x, w)
+    return vjp(g)
   kh, kw = w.shape[:2]
   (pl_h, ph_h), (pl_w, ph_w) = padding
   sh, sw = strides
@@ -57,6 +79,9 @@ def _bwd(strides, padding, res, g):
       g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2).astype(g.dtype), (1, 1),
       ((kh - 1 - pl_h, kh - 1 - ph_h + r_h), (kw - 1 - pl_w, kw - 1 - ph_w + r_w)),
       lhs_dilation=(sh, sw), dimension_numbers=("NHWC", "HWIO", "NHWC")).astype(x.dtype)
+  if route == "mixed":
+    _, vjp_w = jax.vjp(lambda b: _xla_conv(x, b, strides, padding), w)
+    return dx, vjp_w(g)[0]
   xp = jnp.pad(x, ((0, 0), (pl_h, ph_h), (pl_w, ph_w), (0, 0)))
   ho, wo = g.shape[1:3]
   gc = g.astype(jnp.float32)
