@@ -81,6 +81,10 @@ VARIANTS = {
     "global-b0.5": dict(m=5, lam=1e-3, beta=0.5, per_row=False, rel=False),
     "global-rel-m8": dict(m=8, lam=1e-3, beta=1.0, per_row=False, rel=True),
     "global-rel-m8-b0.5": dict(m=8, lam=1e-3, beta=0.5, per_row=False, rel=True),
+    "taa": dict(m=5, lam=1e-3, beta=1.0, per_row=True, rel=False, tri=True),
+    "taa-m8": dict(m=8, lam=1e-3, beta=1.0, per_row=True, rel=False, tri=True),
+    "taa-m3": dict(m=3, lam=1e-3, beta=1.0, per_row=True, rel=False, tri=True),
+    "taa-rel": dict(m=5, lam=1e-3, beta=1.0, per_row=True, rel=True, tri=True),
 }
 
 
@@ -89,6 +93,7 @@ def describe(name):
   if v is None:
     return "Picard (beta 1)"
   return (f"Anderson m {v['m']}, beta {v['beta']}, "
+          f"{'triangular (ParaTAA) ' if v.get('tri') else ''}"
           f"{'per-slot weights' if v['per_row'] else 'one weight set'}, "
           f"{'relative' if v['rel'] else 'absolute'} ridge {v['lam']:g}")
 
@@ -129,14 +134,14 @@ def _rel_l2(a, b):
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def make_mixer(m, lam, beta, rel, rows):
+def make_mixer(m, lam, beta, rel, rows, tri=False):
   """Jitted Anderson mixing of `jaxir.fixed_point` on (m, rows, D) histories."""
   from jaxir.fixed_point import anderson_weights
   hi = jax.lax.Precision.HIGHEST
 
   @jax.jit
   def mix(X, F, n):
-    alpha = anderson_weights(F - X, n, lam, rel)
+    alpha = anderson_weights(F - X, n, lam, rel, tri)
     xb = jnp.einsum("ri,ird->rd", alpha, X, precision=hi)
     fb = jnp.einsum("ri,ird->rd", alpha, F, precision=hi)
     x = beta * fb
@@ -169,7 +174,7 @@ def solve(fmap, X0, name, T, *, budget=BUDGET, diag=False, consistency=False):
         break
   else:
     m, rows = v["m"], (T if v["per_row"] else 1)
-    mix = make_mixer(m, v["lam"], v["beta"], v["rel"], rows)
+    mix = make_mixer(m, v["lam"], v["beta"], v["rel"], rows, v.get("tri", False))
     flat = lambda z: jnp.reshape(z, (rows, -1))
     g = lambda z: flat(fmap(jnp.reshape(z, shape)))
     x0 = flat(X0)
@@ -260,7 +265,8 @@ def check_library(prior, op, x_T, y, T, results, names):
       solver = Picard(tol=TOL, max_iter=r["evals"] - 1)
     else:
       solver = Anderson(m=v["m"], lam=v["lam"], beta=v["beta"], tol=TOL, max_iter=r["evals"],
-                        per_row=v["per_row"], lam_relative=v["rel"])
+                        per_row=v["per_row"], lam_relative=v["rel"],
+                        triangular=v.get("tri", False))
     if name == "official" and T == 25:
       x, info = jax.jit(lambda a, b: Q.deqir_solve(a, b, op, prior, Q.DeqIRConfig(
           T=T, max_iter=r["evals"]), grad=None))(x_T, y)

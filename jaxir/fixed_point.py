@@ -160,6 +160,11 @@ class Anderson:
       depend on the scale of the residuals (an absolute ridge turns the
       weights into a plain average of the history once ||F_i - X_i||^2 falls
       below lam). False: the official absolute ridge.
+    triangular: with per_row, row r's weights minimize the residual of rows
+      0..r together (Tang et al.'s triangular Anderson acceleration, ParaTAA,
+      ICML 2024): for a map whose row r depends only on rows before it, as
+      DeqIR's joint map with slots ordered from x_T down. False: each row's
+      own residual (the official DeqIR code).
   """
   m: int = 5  # DeqIR main.py --m default
   lam: float = 1e-3  # DeqIR functions/ddim_anderson.py fp_implicit_iters_anderson
@@ -168,6 +173,7 @@ class Anderson:
   max_iter: int = 15  # DeqIR main.py --max_anderson_iters default
   per_row: bool = False  # classical Anderson; True reproduces DeqIR's per-slot weights
   lam_relative: bool = False  # official absolute ridge (ddim_anderson.py); True: lam*tr(GG^T)/n
+  triangular: bool = False  # official per-slot systems; True: ParaTAA's cumulative (triangular)
 
   def __post_init__(self):
     if not isinstance(self.m, (int, np.integer)) or self.m < 1:
@@ -177,6 +183,9 @@ class Anderson:
     if not isinstance(self.lam_relative, (bool, np.bool_)):
       raise ConfigError(f"Anderson lam_relative must be True or False; got "
                         f"{self.lam_relative!r}.")
+    if self.triangular and not self.per_row:
+      raise ConfigError("Anderson(triangular=True) mixes rows: set per_row=True as well "
+                        "(rows on the leading axis, ordered so that row r depends on rows < r).")
     _check_common("Anderson", self.tol, self.max_iter, self.beta, 3)
 
 
@@ -279,7 +288,7 @@ def relative_residual(x, fx):
   return (num / (1e-5 + jnp.sqrt(jnp.sum(jnp.square(fx))))).astype(jnp.float32)
 
 
-def anderson_weights(G, n, lam, relative=False):
+def anderson_weights(G, n, lam, relative=False, triangular=False):
   """Mixing weights alpha of the bordered Anderson system, one set per row.
 
   Solves [[0, 1^T], [1, G G^T + lam I]] [mu; alpha] = [1; 0] over the first n
@@ -292,6 +301,9 @@ def anderson_weights(G, n, lam, relative=False):
     relative: use the ridge lam * trace(G G^T) / n of each row instead (the
       Gram matrix is divided by trace / n, which leaves alpha unchanged, and
       lam added; a row whose residuals are all zero gets equal weights).
+    triangular: row r's weights minimize the residual of rows 0..r together
+      (the per-row Gram matrices summed cumulatively along the rows), for maps
+      whose row r depends only on rows < r (ParaTAA's triangular Anderson).
 
   Returns:
     (R, m) weights; each row's first n entries sum to 1.
@@ -299,6 +311,8 @@ def anderson_weights(G, n, lam, relative=False):
   m, R = G.shape[0], G.shape[1]
   dt = G.dtype
   gram = jnp.einsum("ird,jrd->rij", G, G, precision=_HIGHEST)
+  if triangular:
+    gram = jnp.cumsum(gram, axis=0)
   active = jnp.arange(m) < n
   if relative:
     diag = jnp.where(active[None, :], jnp.diagonal(gram, axis1=1, axis2=2), 0)
@@ -356,7 +370,8 @@ def _step(g, s: _State, solver) -> _State:
   else:
     m = solver.m
     k = s.it + 2
-    alpha = anderson_weights(s.F - s.X, jnp.minimum(k, m), solver.lam, solver.lam_relative)
+    alpha = anderson_weights(s.F - s.X, jnp.minimum(k, m), solver.lam, solver.lam_relative,
+                             solver.triangular)
     x = beta * jnp.einsum("ri,ird->rd", alpha, s.F, precision=_HIGHEST)
     if beta != 1.0:  # at beta = 1 the official (1 - beta) term adds exactly zero
       x = x + (1 - beta) * jnp.einsum("ri,ird->rd", alpha, s.X, precision=_HIGHEST)

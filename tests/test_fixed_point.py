@@ -169,10 +169,12 @@ def test_final_solution_matches_jaxopt():
 
 # ---------------------------------------------------------------- official loop, NumPy
 
-def _official_anderson(f, x0, m, lam, max_iter, tol, beta, relative=False):
+def _official_anderson(f, x0, m, lam, max_iter, tol, beta, relative=False, triangular=False):
   """NumPy float64 version of the official DeqIR loop; rows = its bsz axis.
 
   `relative`: ridge lam * trace(G G^T) / n per row instead of lam (not official).
+  `triangular`: row r's Gram matrix is the sum of rows 0..r's (ParaTAA, Tang et al. 2024:
+  their `B` is a cumulative sum of per-timestep Gram matrices over the upstream steps).
   Returns (x, relative residuals, number of f calls, the inputs of those calls)."""
   inputs = []
 
@@ -196,6 +198,8 @@ def _official_anderson(f, x0, m, lam, max_iter, tol, beta, relative=False):
     n = min(k, m)
     G = F[:, :n] - X[:, :n]
     GG = G @ G.transpose(0, 2, 1)
+    if triangular:
+      GG = np.cumsum(GG, axis=0)
     ridge = lam * np.trace(GG, axis1=1, axis2=2)[:, None, None] / n if relative else lam
     H[:, 1:n + 1, 1:n + 1] = GG + ridge * np.eye(n)[None]
     alpha = np.linalg.solve(H[:, :n + 1, :n + 1], y[:, :n + 1])[:, 1:n + 1, 0]
@@ -523,3 +527,59 @@ def test_bad_input():
     fixed_point(f, jnp.zeros(3), solver="anderson")
   with pytest.raises(ConfigError, match="phantom_tau"):
     fixed_point(f, jnp.zeros(3), grad="phantom", phantom_tau=0.0)
+
+
+def _causal_chain(rng, R, D, gain=5.0, h=0.15):
+  """Row r = x_in + h sum_{j<=r} tanh(W x_{j-1} + c_j) (x_{-1} = x_in): the closed-form
+  unrolling of an Euler chain, each row depending only on the rows before it, as DeqIR's
+  slots do (so Picard is exact after R iterations)."""
+  W = rng.standard_normal((D, D)) * gain / np.sqrt(D)
+  C = rng.standard_normal((R, D))
+  x_in = rng.standard_normal(D)
+
+  def fn(x, W, C, np_=jnp):
+    prev = np_.concatenate([np_.asarray(x_in, x.dtype)[None], x[:-1]], axis=0)
+    return x_in + h * np_.cumsum(np_.tanh(prev @ W.T + C), axis=0)
+  return fn, jnp.asarray(W, jnp.float32), jnp.asarray(C, jnp.float32), W, C, x_in
+
+
+def test_triangular_matches_reference_and_beats_per_row_on_a_causal_chain():
+  """Anderson(per_row=True, triangular=True) follows the NumPy loop iterate by iterate, lands
+  on the forward-substitution solution, and on a causal chain reaches the tolerance in fewer
+  evaluations than per-row (official) weights, and no more than Picard (measured here:
+  14 / 20 / 16 evaluations)."""
+  rng = np.random.default_rng(11)
+  R, D, tol, max_iter = 32, 16, 1e-4, 40
+  fn, W, C, Wn, Cn, x_in = _causal_chain(rng, R, D)
+  x0 = np.broadcast_to(x_in, (R, D)).copy()
+  fnp = lambda x: fn(x, Wn, Cn, np_=np)
+  ref_x, ref_res, ref_calls, ref_inputs = _official_anderson(fnp, x0, 5, 1e-6, max_iter, tol,
+                                                             1.0, triangular=True)
+  assert len(ref_res) < max_iter - 2, "the reference should converge"
+  calls = []
+  counted = lambda x, W, C: (jax.debug.callback(lambda x: calls.append(np.asarray(x)), x),
+                             fn(x, W, C))[1]
+  tri = Anderson(m=5, lam=1e-6, tol=tol, max_iter=max_iter, per_row=True, triangular=True)
+  x, info = fixed_point(counted, jnp.asarray(x0, jnp.float32), W, C, solver=tri)
+  jax.effects_barrier()
+  assert int(info.evaluations) == ref_calls == len(calls)
+  for k, (a, b) in enumerate(zip(calls, ref_inputs)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max(), err_msg=f"X_{k}")
+  exact = x0.copy()  # forward substitution
+  for r in range(R):
+    exact[r] = fnp(exact)[r]
+  np.testing.assert_allclose(np.asarray(x), exact, rtol=0, atol=3e-3 * np.abs(exact).max())
+  _, i_row = fixed_point(fn, jnp.asarray(x0, jnp.float32), W, C,
+                         solver=dataclasses.replace(tri, triangular=False))
+  _, i_pic = fixed_point(fn, jnp.asarray(x0, jnp.float32), W, C,
+                         solver=Picard(tol=tol, max_iter=max_iter))
+  print(f"evaluations to {tol}: triangular {int(info.evaluations)}, per-row "
+        f"{int(i_row.evaluations)}, Picard {int(i_pic.evaluations)}")
+  assert bool(info.converged) and bool(i_row.converged) and bool(i_pic.converged)
+  assert int(info.evaluations) < int(i_row.evaluations)
+  assert int(info.evaluations) <= int(i_pic.evaluations)
+
+
+def test_triangular_needs_per_row():
+  with pytest.raises(ConfigError, match="per_row=True"):
+    Anderson(triangular=True)
