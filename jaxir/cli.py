@@ -21,8 +21,10 @@ given to a grey prior is converted to grey with the standard luma weights
 (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B), and a grey input given to an RGB
 prior is replicated to three channels. A grey prior writes grey PNGs.
 
-While a solve runs, a bar counts network evaluations (NFE) with the time left
-(`jaxir.progress`; off with `--quiet`). Before the first solve the compiled
+While a long solve runs, a bar counts network evaluations (NFE) with the time
+left (`jaxir.progress`; off with `--quiet`). Short solves (`PROGRESS_MIN_CALLS`)
+run without it, so that their compiled program goes into JAX's persistent
+compilation cache and a second run skips compiling. Before the first solve the compiled
 program's memory is compared with the memory available, and a solve that will
 not fit is refused (`ResourceError`, suggesting `--size`); on images much larger
 than the prior was trained on the expected time is printed first.
@@ -46,6 +48,11 @@ EXAMPLES = Path(__file__).resolve().parent / "assets" / "examples"
 DEMO = dict(image="mnist32_heldout_0012.png", prior="mnist32", task="sr4", solver="dcdp")
 #: Images whose area exceeds this multiple of the prior's training size get a time estimate.
 LARGE_AREA_RATIO = 4.0
+#: Solves expected to take fewer network evaluations than this (NFE x images x image area
+#: relative to the prior's training size; about 10 s with mnist32 on a 2-core CPU) run without
+#: the progress bar: JAX does not write programs with host callbacks (the bar's) to its
+#: persistent compilation cache, and a short solve gains more from the cache than from a bar.
+PROGRESS_MIN_CALLS = 1000
 #: A solve is refused when its compiled program needs more than this share of free memory.
 MEMORY_SHARE = 0.9
 #: On CPU a run's resident memory grew 2.2-2.7x XLA's `memory_analysis` of the compiled
@@ -274,6 +281,19 @@ class BatchRunner:
     return profile_solve(self.run, *batched, prior, self.config)
 
 
+def _area_ratio(shape, prior) -> float:
+  """Image area over the prior's training area (1 when unknown)."""
+  _, native, _ = prior_sizes(prior)
+  return 1.0 if native is None else shape[0] * shape[1] / (native[0] * native[1])
+
+
+def wants_progress_bar(profile, n_images: int, shape, prior) -> bool:
+  """Whether a solve is long enough for a progress bar (see `PROGRESS_MIN_CALLS`)."""
+  if profile.nfe is None:  # stops on convergence: length unknown
+    return True
+  return profile.nfe * n_images * max(_area_ratio(shape, prior), 1.0) >= PROGRESS_MIN_CALLS
+
+
 def _available_and_needed(compiled, devices):
   import jax
 
@@ -396,9 +416,17 @@ def restore(args) -> dict:
                                                  prior)
       sig = runner.signature(batched, devices)
       if sig not in runner.cache:
-        traced, profile = runner.trace(batched, bprior)
         shape = tuple(ops[0].in_shape)
-        note = None if args.quiet or not first else _large_image_note(
+        # Traced without the bar's callbacks first (a cacheable program; the NFE is read off
+        # it); again with them (which also records the network calls) for a long solve, or
+        # for the time estimate of a large image.
+        traced, profile = runner.trace(batched, progress.without_progress(bprior))
+        bar = not args.quiet and wants_progress_bar(profile, len(paths), shape, prior)
+        large = not args.quiet and first and _area_ratio(shape, prior) >= LARGE_AREA_RATIO
+        if bar or large:
+          traced_bar, profile = runner.trace(batched, bprior)
+          traced = traced_bar if bar else traced
+        note = None if not large else _large_image_note(
             args, prior, shape, profile, len(paths), math.ceil(len(batched[1]) / devices))
         if note:
           print(note, file=sys.stderr, flush=True)
@@ -413,17 +441,17 @@ def restore(args) -> dict:
               f"(from XLA's memory analysis of the compiled program), "
               f"{progress.format_bytes(avail)} are free. Pass --size {fit} to restore "
               f"smaller images{more} (--force runs it anyway).")
-        runner.cache[sig] = (compiled, profile)
-      compiled, profile = runner.cache[sig]
+        runner.cache[sig] = (compiled, profile, bar)
+      compiled, profile, bar = runner.cache[sig]
       if first:
         total = None if profile.nfe is None else profile.nfe * len(paths)
         desc = f"{args.solver} {args.task}" + (f" ({len(paths)} images)" if len(paths) > 1
                                                else "")
-        tracker = stack.enter_context(progress.track(total, desc=desc, disable=args.quiet))
+        tracker = stack.enter_context(progress.track(total, desc=desc, disable=not bar))
         first = False
       if tracker is not None:
         tracker.scale = n / len(batched[1])  # padding copies tick too
-      x_hat, info = compiled(*batched, bprior)
+      x_hat, info = compiled(*batched, bprior if bar else progress.without_progress(bprior))
       x_hat = jax.block_until_ready(x_hat)
       if bi == len(batches) - 1:
         stack.close()  # the bar ends with the last solve, not after the metrics

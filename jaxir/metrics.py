@@ -168,8 +168,8 @@ def _features(params, x, layers):
   return taps
 
 
-def lpips_apply(params, x, y, net: str = "alex"):
-  """LPIPS v0.1 distance with explicit weights (pure; no checks).
+def _lpips_apply(params, x, y, net: str = "alex"):
+  """LPIPS v0.1 distance with explicit weights (pure, jitted; no checks).
 
   Args:
     params: from `lpips_params(net)`.
@@ -198,7 +198,8 @@ def lpips_apply(params, x, y, net: str = "alex"):
   return total
 
 
-_lpips_jit = jax.jit(lpips_apply, static_argnames="net")
+lpips_apply = jax.jit(_lpips_apply, static_argnames="net")
+_lpips_jit = lpips_apply
 
 
 def lpips(x, y, net: str = "alex"):

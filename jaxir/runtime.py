@@ -10,8 +10,17 @@ cache folder, unless
 * JAX already has a cache folder (`jax_compilation_cache_dir`, e.g. from
   `JAX_COMPILATION_CACHE_DIR`): the caller's choice is kept.
 
-The default folder is `$XDG_CACHE_HOME/jaxir/xla` (`~/.cache/jaxir/xla`).
-Only programs that took at least `MIN_COMPILE_SECS` to compile are stored.
+The default folder is `$XDG_CACHE_HOME/jaxir/xla` (`~/.cache/jaxir/xla`),
+kept below `MAX_CACHE_BYTES` (JAX evicts the least recently used entries).
+Programs that took at least `MIN_COMPILE_SECS` to compile are stored: writing an
+entry costs time too, and caching every program (about 2,300 in `tests/test_cli.py`)
+made a first run twice as slow, while 0.1 s keeps the few that matter (a second
+`jaxir demo` on one core of a 2-core AMD EPYC: 13.5 s first run, 6.3 s second;
+2026-11-30).
+
+Programs with host callbacks are never cached by JAX: the command line's
+progress bar is one, so it shows the bar only on long solves
+(`jaxir.cli.PROGRESS_MIN_CALLS`).
 
 References:
   JAX docs, "Persistent compilation cache".
@@ -24,10 +33,12 @@ from pathlib import Path
 import jax
 
 __all__ = ["default_cache_dir", "enable_compilation_cache", "compilation_cache_dir",
-           "MIN_COMPILE_SECS"]
+           "MIN_COMPILE_SECS", "MAX_CACHE_BYTES"]
 
 #: Programs compiling faster than this are not written to the cache (seconds).
-MIN_COMPILE_SECS = 0.5
+MIN_COMPILE_SECS = 0.1
+#: Size bound of the default cache folder (bytes; least recently used entries go first).
+MAX_CACHE_BYTES = 2 * 2 ** 30
 
 
 def default_cache_dir() -> Path:
@@ -51,6 +62,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None,
   folder.mkdir(parents=True, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", str(folder))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
+  jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
   return str(folder)
 
 

@@ -142,11 +142,17 @@ def test_restore_folder_writes_outputs_and_matches_single(shipped_env, tmp_path,
   assert np.abs(a - b).max() <= 2 / 255 + 1e-6
 
 
-def test_measured_input_and_clear_errors(shipped_env, tmp_path, capsys):
+def test_measured_input_and_clear_errors(shipped_env, tmp_path, capsys, monkeypatch):
   src = _write_examples(tmp_path / "in", n=1, size=4)
   out = tmp_path / "o"
   common = ["--prior", "mnist32", "--solver", "dcdp-tweedie", "--set", "K=2", "--set",
             "T0=50", "--out", str(out)]
+  # A short solve runs without the bar (so its program can be cached) ...
+  assert cli.main(["restore", str(src / "im0.png"), "--task", "sr4", "--measured",
+                   *common]) == 0
+  assert "NFE" not in capsys.readouterr().err
+  # ... and with the bar once it counts as long.
+  monkeypatch.setattr(cli, "PROGRESS_MIN_CALLS", 0)
   assert cli.main(["restore", str(src / "im0.png"), "--task", "sr4", "--measured",
                    *common]) == 0
   assert io.read_image(out / "im0_restored.png").shape == (16, 16, 3)
@@ -336,3 +342,19 @@ def test_bench_times_a_registered_solver(shipped_env, tmp_path, capsys):
   assert row["images_per_s"] == pytest.approx(1 / row["s_per_image"])
   text = capsys.readouterr().out
   assert "| dcdp-tweedie | sr4 | 2 | 16 | 2 |" in text and "bench_solvers.py" in text
+
+
+def test_progress_bar_only_for_long_solves():
+  """Short solves skip the bar (its host callbacks keep a program out of JAX's persistent
+  cache); unknown length (converging solvers) or much work gets one."""
+  from jaxir.priors import load_prior
+  from jaxir.progress import SolveProfile
+  prior = load_prior("mnist32")
+  prof = lambda nfe: SolveProfile(**{f: None for f in SolveProfile._fields} | {"nfe": nfe})
+  n = cli.PROGRESS_MIN_CALLS
+  assert cli.wants_progress_bar(prof(None), 1, (32, 32), prior)
+  assert not cli.wants_progress_bar(prof(182), 1, (32, 32), prior)  # the demo
+  assert cli.wants_progress_bar(prof(n), 1, (32, 32), prior)
+  assert cli.wants_progress_bar(prof(n // 4), 4, (32, 32), prior)
+  assert cli.wants_progress_bar(prof(n // 4), 1, (64, 64), prior)  # 4x the trained area
+  assert not cli.wants_progress_bar(prof(n // 4), 1, (16, 16), prior)
