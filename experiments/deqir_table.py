@@ -90,6 +90,8 @@ def table(args, prior, xs) -> str:
     ys = jax.vmap(op.A)(xs)
     solvers = [("ddnm", ddnm, ddnm_preset("deqir", T=args.T)),
                ("deqir", Q.deqir, Q.DeqIRConfig(T=args.T))]
+    if args.taa:
+      solvers.append(("deqir-taa", Q.deqir, Q.DeqIRConfig(T=args.T, triangular=True)))
     if args.init_steps:
       solvers.append(("deqir+init", Q.deqir,
                       Q.DeqIRConfig(T=args.T, init_steps=args.init_steps, init_lr=args.init_lr)))
@@ -153,6 +155,8 @@ def main(argv=None) -> int:
   ap.add_argument("--count", type=int, default=4, help="held-out images")
   ap.add_argument("--T", type=int, default=25)
   ap.add_argument("--tasks", default=",".join(TASKS))
+  ap.add_argument("--taa", action="store_true",
+                  help="also DeqIR with triangular Anderson (DeqIRConfig(triangular=True))")
   ap.add_argument("--init-steps", type=int, default=0)
   ap.add_argument("--init-lr", type=float, default=2e-5)
   ap.add_argument("--iters", default=None, help="comma-separated T list: iteration mode")
