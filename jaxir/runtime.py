@@ -11,7 +11,8 @@ cache folder, unless
   `JAX_COMPILATION_CACHE_DIR`): the caller's choice is kept.
 
 The default folder is `$XDG_CACHE_HOME/jaxir/xla` (`~/.cache/jaxir/xla`),
-kept below `MAX_CACHE_BYTES` (JAX evicts the least recently used entries).
+kept below `MAX_CACHE_BYTES` where the `filelock` package is installed (JAX
+evicts the least recently used entries; without it JAX cannot bound the folder).
 Programs that took at least `MIN_COMPILE_SECS` to compile are stored: writing an
 entry costs time too, and caching every program (about 2,300 in `tests/test_cli.py`)
 made a first run twice as slow, while 0.1 s keeps the few that matter (a second
@@ -62,7 +63,11 @@ def enable_compilation_cache(path: str | os.PathLike | None = None,
   folder.mkdir(parents=True, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", str(folder))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
-  jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
+  try:  # JAX enforces the bound with `filelock`; without it, reads would warn: leave unbounded
+    import filelock  # noqa: F401
+    jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
+  except ImportError:
+    pass
   return str(folder)
 
 
