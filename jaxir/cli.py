@@ -318,7 +318,7 @@ def _large_image_note(args, prior, shape, profile, n_images, n_per_device):
   _, native, _ = prior_sizes(prior)
   if native is None:
     return None
-  ratio = shape[0] * shape[1] / (native[0] * native[1])
+  ratio = _area_ratio(shape, prior)
   if ratio < LARGE_AREA_RATIO:
     return None
   rows = profile.rows
