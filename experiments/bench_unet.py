@@ -11,21 +11,24 @@ Two suites:
   on one H100 (26.5 ms at batch 1, 73.0 ms at 16, 281.7 ms at 64, fwd+bwd
   49.3 ms at 1) and judged against its targets (bfloat16: <= 10 ms at batch 1,
   <= 1.5 ms/image at batch 64) only when the device is an H100.
-* CPU comparison (default on CPU; `--cpu-compare` adds it on GPU): a 64x64 ADM
+* CPU comparison (default on CPU; `--cpu-compare` adds it on GPU): both
+  shipped priors (mnist32, natural64, with their weights) and a 64x64 ADM
   (64 channels, mult 1,2,2,2, 2 res blocks, attention at 16 and 8, 11.1M
-  parameters) with the SAME weights in Flax (jit) and in guided-diffusion's
-  PyTorch `UNetModel` (eager float32, `torch.inference_mode`), forward at
-  batch 1 and 8; prints both times, torch/flax (> 1: jaxir faster), the max
-  abs difference of the outputs and the target "Flax at least as fast as
-  PyTorch at batch 1 and 8". torch uses as many threads as JAX's CPU client
-  (all cores this process may use) unless `--threads` is given.
+  parameters, random weights), each with the SAME weights in Flax (jit) and
+  in guided-diffusion's PyTorch `UNetModel` (eager float32,
+  `torch.inference_mode`), forward at batch 1, 8 and 32; prints both times,
+  torch/flax (> 1: jaxir faster), the max abs difference of the outputs and
+  the target "Flax at least as fast as PyTorch". jaxir runs with the settings
+  the library applies at import (`jaxir.runtime`: one host device per core,
+  the solving XLA flag) and the batch placed as `jaxir.parallel.batch_solver`
+  places it (split over the devices); `--xla-defaults` turns the settings off.
+  torch uses as many threads as the process may use cores unless `--threads`
+  is given.
 
 Times exclude compilation (reported separately), follow warm-up runs and
 `block_until_ready`, and are medians over `--repeats` runs; in the CPU
-comparison Flax and PyTorch runs alternate. XLA_FLAGS is printed in the header
-so runs with flags are labelled. Unless XLA_FLAGS already sets a YNN fusion
-type, the script adds `--xla_cpu_experimental_ynn_fusion_type=reduce` (XLA CPU
-then uses YNNPACK for reductions only; `--xla-defaults` leaves XLA's defaults).
+comparison Flax and PyTorch runs alternate. XLA_FLAGS and the device count are
+printed in the header so runs with flags are labelled.
 
 Run on a GPU machine (with a CUDA build of jax installed):
 
@@ -34,7 +37,7 @@ Run on a GPU machine (with a CUDA build of jax installed):
 
 On CPU (the comparison with PyTorch needs torch and guided-diffusion-sdk):
 
-  python experiments/bench_unet.py                 # batch 1 and 8, 10 repeats
+  python experiments/bench_unet.py                 # 3 models x batch 1, 8, 32, 10 repeats
   python experiments/bench_unet.py --quick         # smoke run
   python experiments/bench_unet.py --ffhq --size 64 --batches 1 --quick   # FFHQ path, small
 """
@@ -66,10 +69,6 @@ CPU64_UPSTREAM = dict(
     dropout=0.0, resblock_updown=True, use_fp16=False, use_new_attention_order=False)
 
 
-# XLA CPU: YNNPACK for reductions only (convolutions back on Eigen, which kept
-# both cores busy). 64x64 ADM, batch 8, 2-core Xeon, 2 threads: 1178 ms with
-# XLA's defaults, 804-958 ms with this flag (README). The GPU client ignores it.
-CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=reduce"
 
 
 def _ints(s: str) -> list[int]:
@@ -88,8 +87,8 @@ def _parse(argv):
                   help="run the FFHQ-256 suite even on CPU (then the CPU comparison runs only "
                        "with --cpu-compare)")
   ap.add_argument("--xla-defaults", action="store_true",
-                  help=f"do not add {CPU_FLAG} to XLA_FLAGS (it is added unless XLA_FLAGS "
-                       "already sets ynn_fusion_type)")
+                  help="time jaxir without its CPU settings (JAXIR_CPU_SETTINGS=0: one "
+                       "device, XLA's default flags)")
   ap.add_argument("--cpu-compare", action="store_true",
                   help="run the Flax-vs-PyTorch CPU suite also when a GPU is present or --ffhq "
                        "is given")
@@ -103,14 +102,18 @@ def _parse(argv):
                   help="FFHQ input side in pixels, a multiple of 32 (default 256; smaller "
                        "only for smoke runs, the targets are then not judged)")
   ap.add_argument("--cpu-batches", type=_ints, default=None,
-                  help="CPU-comparison batch sizes (default 1,8)")
+                  help="CPU-comparison batch sizes (default 1,8,32)")
+  ap.add_argument("--cpu-models", type=lambda v: [m for m in v.split(",") if m],
+                  default=["mnist32", "natural64", "adm64"],
+                  help="CPU-comparison models: shipped prior names and adm64 (default "
+                       "mnist32,natural64,adm64)")
   add_run_args(ap)
   args = ap.parse_args(argv)
   resolve_run_args(args)
   if args.batches is None:
     args.batches = [1, 4] if args.quick else [1, 4, 16, 64]
   if args.cpu_batches is None:
-    args.cpu_batches = [1, 2] if args.quick else [1, 8]
+    args.cpu_batches = [1, 2] if args.quick else [1, 8, 32]
   if args.size % 32:
     ap.error(f"--size {args.size} must be a multiple of 32 (the FFHQ U-Net has 6 levels)")
   return args
@@ -249,6 +252,33 @@ def ffhq_suite(args, env) -> dict:
           "targets": [dict(zip(["target", "goal", "measured", "verdict"], t)) for t in targets]}
 
 
+def _cpu_models(args) -> list:
+  """(name, model kwargs, channels, params or None) for each `--cpu-models` entry."""
+  from jaxir.models.loading import load_shipped, shipped_meta
+  out = []
+  for name in args.cpu_models:
+    if name == "adm64":
+      out.append((name, CPU64_UPSTREAM, 3, None))
+      continue
+    meta = shipped_meta(name)
+    _, params = load_shipped(name)
+    out.append((name, dict(meta["model"]), int(meta.get("channels", 3)), params))
+  return out
+
+
+def _library_inputs(x, t, params):
+  """Place (x, t) and params as `jaxir.parallel.batch_solver` does: the batch split over
+  the visible devices (a batch smaller than the mesh on its first devices), params replicated."""
+  import jax
+  from jaxir.parallel import data_mesh, replicate, shard_batch
+  devices = jax.devices()[:max(1, min(x.shape[0], jax.device_count()))]
+  if len(devices) == 1 or x.shape[0] % len(devices):
+    return x, t, params
+  mesh = data_mesh(devices)
+  x, t = shard_batch((x, t), mesh)
+  return x, t, replicate(params, mesh)
+
+
 def cpu_compare_suite(args) -> dict:
   """Flax vs PyTorch forward on CPU with identical weights; returns the results."""
   import jax
@@ -257,33 +287,31 @@ def cpu_compare_suite(args) -> dict:
   from jaxir.models.adm import ADMUNet, adm_config
   from jaxir.models.convert import adm_state_dict_from_params
 
-  cpu = jax.devices("cpu")[0]
-  env = environment(cpu)
+  env = environment(jax.devices("cpu")[0])
   threads = set_torch_threads(args.threads)
-  cfg = adm_config(**CPU64_UPSTREAM)
-  size = CPU64_UPSTREAM["image_size"]
-  with jax.default_device(cpu):
-    key = jax.random.key(args.seed)
-    params = _init(ADMUNet(cfg), size, key)
+  rows = []
+  for name, kwargs, channels, params in _cpu_models(args):
+    cfg = adm_config(**{k: v for k, v in kwargs.items() if k != "in_channels"},
+                     in_channels=channels)
+    size = kwargs["image_size"]
     model = ADMUNet(cfg)
-    sd = adm_state_dict_from_params(params, cfg)
-    tmodel = guided_unet(CPU64_UPSTREAM, sd).eval()
+    key = jax.random.key(args.seed)
+    if params is None:
+      params = _init(model, size, key)
+    tmodel = guided_unet(kwargs, adm_state_dict_from_params(params, cfg), channels).eval()
     nparams = sum(p.numel() for p in tmodel.parameters())
-
-    def fwd(p, x, t):
-      return model.apply(p, x, t)
-
-    rows = []
+    fwd = jax.jit(model.apply)
     for b in args.cpu_batches:
-      x, t = _inputs(key, b, size, cfg.in_channels)
+      x, t = _inputs(key, b, size, channels)
       xt = torch.from_numpy(np.array(np.transpose(np.asarray(x), (0, 3, 1, 2))))
       tt = torch.from_numpy(np.asarray(t).astype(np.int64))
+      xs, ts, ps = _library_inputs(x, t, params)
       t0 = time.perf_counter()
-      compiled = jax.jit(fwd).lower(params, x, t).compile()
+      compiled = fwd.lower(ps, xs, ts).compile()
       compile_s = time.perf_counter() - t0
 
       def run_flax():
-        return jax.block_until_ready(compiled(params, x, t))
+        return jax.block_until_ready(compiled(ps, xs, ts))
 
       def run_torch():
         with torch.inference_mode():
@@ -292,48 +320,51 @@ def cpu_compare_suite(args) -> dict:
       # Alternating rounds: a slow spell of this shared CPU hits both alike.
       (tj, out_j), (tt_, out_t) = time_interleaved([run_flax, run_torch], repeats=args.repeats,
                                                     warmup=args.warmup)
-      tj.compile_s = compile_s
       out_t = np.transpose(out_t.numpy(), (0, 2, 3, 1))
-      out_j = np.asarray(out_j)
-      diff = float(np.max(np.abs(out_j - out_t)))
-      rows.append({"batch": b, "flax_ms": 1e3 * tj.median, "torch_ms": 1e3 * tt_.median,
+      diff = float(np.max(np.abs(np.asarray(out_j) - out_t)))
+      ndev = len(getattr(xs, "devices", lambda: [None])())
+      rows.append({"model": name, "params_m": nparams / 1e6, "batch": b, "devices": ndev,
+                   "flax_ms": 1e3 * tj.median, "torch_ms": 1e3 * tt_.median,
                    "torch_over_flax": tt_.median / tj.median, "max_abs_diff": diff,
-                   "max_abs_output": float(np.max(np.abs(out_t))), "compile_s": tj.compile_s,
+                   "max_abs_output": float(np.max(np.abs(out_t))), "compile_s": compile_s,
                    "flax_timing": tj.to_dict(), "torch_timing": tt_.to_dict()})
-      print(f"  cpu batch {b}: flax {1e3 * tj.median:.1f} ms, torch {1e3 * tt_.median:.1f} ms",
-            file=sys.stderr, flush=True)
+      print(f"  {name} batch {b}: flax {1e3 * tj.median:.1f} ms, torch {1e3 * tt_.median:.1f} "
+            "ms", file=sys.stderr, flush=True)
 
-  lines = [f"## CPU: Flax (jaxir) vs PyTorch (guided-diffusion), 64x64 ADM "
-           f"({nparams / 1e6:.1f}M params, same random weights)", ""]
+  lines = ["## CPU: Flax (jaxir, the library's settings) vs PyTorch (guided-diffusion), "
+           "same weights", ""]
   lines += header_lines(env)
-  lines += [f"- torch {torch.__version__}, {torch.get_num_threads()} threads, eager float32, "
-            "inference_mode; JAX CPU client uses all cores of the process",
+  lines += [f"- jaxir settings: {_settings_line()}",
+            f"- torch {torch.__version__}, {torch.get_num_threads()} threads, eager float32, "
+            "inference_mode",
             f"- repeats {args.repeats} (median; Flax and PyTorch runs alternate), warm-up "
-            f"{args.warmup}", ""]
-  head = ["batch", "flax ms", "torch ms", "torch / flax", "flax ms / image", "compile s",
-          "max abs diff", "max abs output"]
+            f"{args.warmup}; shipped priors with their weights, adm64 with random weights", ""]
+  head = ["model", "params (M)", "batch", "jaxir devices", "flax ms", "torch ms",
+          "torch / flax", "compile s", "max abs diff"]
   lines.append(markdown_table(head, [
-      [r["batch"], f"{r['flax_ms']:.1f}", f"{r['torch_ms']:.1f}", f"{r['torch_over_flax']:.2f}",
-       f"{r['flax_ms'] / r['batch']:.1f}", f"{r['compile_s']:.1f}", f"{r['max_abs_diff']:.1e}",
-       f"{r['max_abs_output']:.2f}"] for r in rows]))
+      [r["model"], f"{r['params_m']:.1f}", r["batch"], r["devices"], f"{r['flax_ms']:.1f}",
+       f"{r['torch_ms']:.1f}", f"{r['torch_over_flax']:.2f}", f"{r['compile_s']:.1f}",
+       f"{r['max_abs_diff']:.1e}"] for r in rows]))
   ok = all(r["torch_over_flax"] >= 1.0 for r in rows) if rows else None
-  batches = ",".join(str(r["batch"]) for r in rows)
-  lines += ["", markdown_table(["target", "measured batches", "verdict"], [
-      ["Flax at least as fast as PyTorch at batch 1 and 8 (torch / flax >= 1)", batches,
-       verdict(ok, True, env["device_kind"])]])]
-  if sorted(r["batch"] for r in rows) != [1, 8]:
-    lines.append("\n(batches differ from 1 and 8: verdict covers the measured batches only)")
+  lines += ["", markdown_table(["target", "measured", "verdict"], [
+      ["Flax at least as fast as PyTorch at every batch (torch / flax >= 1), issue 17",
+       f"{len(rows)} rows", verdict(ok, True, env["device_kind"])]])]
   print("\n".join(lines), flush=True)
-  return {"env": env, "config": CPU64_UPSTREAM, "num_params": nparams, "torch_threads": threads,
-          "torch": torch.__version__, "rows": rows, "verdict": verdict(ok, True, "cpu")}
+  return {"env": env, "torch_threads": threads, "torch": torch.__version__, "rows": rows,
+          "settings": _settings_line(), "verdict": verdict(ok, True, "cpu")}
+
+
+def _settings_line() -> str:
+  import jax
+  return (f"{jax.device_count('cpu')} CPU device(s), XLA_FLAGS "
+          f"{os.environ.get('XLA_FLAGS') or '(unset)'}")
 
 
 def main(argv=None) -> int:
   args = _parse(argv)
-  flags = os.environ.get("XLA_FLAGS", "")
-  if not args.xla_defaults and "ynn_fusion_type" not in flags:
-    # Read when JAX starts its CPU client, so set before jax is imported.
-    os.environ["XLA_FLAGS"] = f"{flags} {CPU_FLAG}".strip()
+  if args.xla_defaults:
+    os.environ["JAXIR_CPU_SETTINGS"] = "0"
+  import jaxir  # noqa: F401  (first: its CPU settings apply only before JAX's backends start)
   import jax
   env = environment()
   on_gpu = jax.default_backend() != "cpu"

@@ -46,13 +46,11 @@ def main(argv=None) -> int:
                   help="file stem of the export (default: the config's name)")
   args = ap.parse_args(argv)
 
-  from jaxir.parallel import host_device_flag
-  flags = host_device_flag()
-  if flags is not None:
-    # One host device per usable core, the batch split over them (data parallel): on this
-    # project's 2-core AMD EPYC a step takes 577 ms instead of 813 ms (mnist32, batch 32;
-    # docs/performance.md). Read when JAX starts its backends, so set before importing it.
-    os.environ["XLA_FLAGS"] = flags
+  # jaxir's CPU settings for training (jaxir.runtime): one host device per usable core, the
+  # batch split over them (data parallel; on this project's 2-core AMD EPYC a step takes 577
+  # ms instead of 813 ms, mnist32 batch 32, docs/performance.md), without the solving flag.
+  # Read at `import jaxir`, so set before the first jaxir import.
+  os.environ.setdefault("JAXIR_CPU_SETTINGS", "train")
   import jax
   from tqdm import tqdm
 

@@ -721,21 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
 
-  import os
-
-  from jaxir.parallel import host_device_flag
-  old_flags, flags = os.environ.get("XLA_FLAGS"), host_device_flag()
-  if flags is not None and args.command in ("restore", "demo", "bench", "experiment"):
-    # One host device per core, so batches split over cores (read when JAX starts its
-    # backends; no effect if they already run). Put back afterwards for callers in-process.
-    os.environ["XLA_FLAGS"] = flags
-  try:
-    return _run(args)
-  finally:
-    if old_flags is None:
-      os.environ.pop("XLA_FLAGS", None)
-    else:
-      os.environ["XLA_FLAGS"] = old_flags
+  # `import jaxir` already made one host device per core and chose the XLA CPU flags for
+  # solving (jaxir.runtime.apply_cpu_settings), so batches split over cores.
+  return _run(args)
 
 
 def _run(args) -> int:

@@ -70,7 +70,7 @@ depend on the batch size, the device count or which other rows run.
 
 Devices: each batch is padded to a multiple of the visible devices and split
 over a 1-D mesh (`jaxir.parallel`); the prior is replicated once. On one host
-with CPUs only, `main` makes one host device per core (`host_device_flag`). A
+with CPUs only, `import jaxir` made one host device per core (`jaxir.runtime`). A
 row whose partitioned program fails in XLA (seen on CPU host devices: XLA's FFT
 rejects the layout of some vmapped FFTs once split) finishes on one device; the
 table names such rows. On several hosts (GPU/TPU), start the same command on
@@ -1331,18 +1331,12 @@ def main(argv=None) -> int:
   ap.add_argument("--quiet", action="store_true", help="print only the final table")
   args = ap.parse_args(argv)
   from jaxir.errors import JaxirError
-  old_flags = os.environ.get("XLA_FLAGS")
   try:
     config = load_config(args.config, args.set)
     if args.distributed or config.distributed:
       import jax
       jax.distributed.initialize(coordinator_address=args.coordinator,
                                  num_processes=args.num_processes, process_id=args.process_id)
-    else:
-      from jaxir.parallel import host_device_flag
-      flags = host_device_flag()
-      if flags is not None:  # one host device per core (only before JAX starts its backends)
-        os.environ["XLA_FLAGS"] = flags
     if args.report_only:
       store = ResultStore(args.out or config.out, writer=False)  # reads; checks; no writes
       store.read()
@@ -1360,11 +1354,6 @@ def main(argv=None) -> int:
     print("interrupted: finished results are kept; rerun the same command to resume.",
           file=sys.stderr)
     return 130
-  finally:
-    if old_flags is None:
-      os.environ.pop("XLA_FLAGS", None)
-    else:
-      os.environ["XLA_FLAGS"] = old_flags
   return 0
 
 

@@ -11,12 +11,11 @@ runs each device's share of a `jax.vmap`-ed solver on that device.
 On a CPU host, `XLA_FLAGS=--xla_force_host_platform_device_count=K` makes K
 host devices: a batch then runs K ways in parallel, which scales better than
 XLA's intra-op threads (DCDP on mnist32, batch 8, 2-core CPU: 16.6 s on one
-device, 10.5 s on two). The `jaxir` command sets K to the usable cores unless
-XLA_FLAGS already sets it; `host_device_flag` gives that flag.
+device, 10.5 s on two). `import jaxir` sets K to the usable cores unless the
+caller already chose a count (`jaxir.runtime.cpu_settings`).
 """
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import jax
@@ -26,22 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxir.errors import ShapeError
 
-__all__ = ["data_mesh", "pad_batch", "shard_batch", "replicate", "batch_solver",
-           "host_device_flag"]
-
-
-def host_device_flag(environ=None) -> str | None:
-  """XLA_FLAGS with one host device per usable CPU core, or None to leave it.
-
-  None when XLA_FLAGS already sets the host device count or one core is usable.
-  It takes effect only if set before JAX initializes its backends.
-  """
-  environ = os.environ if environ is None else environ
-  flags = environ.get("XLA_FLAGS", "")
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  if "xla_force_host_platform_device_count" in flags or (cores or 1) <= 1:
-    return None
-  return f"{flags} --xla_force_host_platform_device_count={cores}".strip()
+__all__ = ["data_mesh", "pad_batch", "shard_batch", "replicate", "batch_solver"]
 
 
 def data_mesh(devices=None) -> Mesh:

@@ -81,16 +81,3 @@ def test_mismatched_batch_axes_are_refused():
   with pytest.raises(ShapeError, match="same leading"):
     batch_solver(lambda k, y, op, p, c: (y, {}))(np.zeros(3), np.zeros((4, 2)), np.zeros(4),
                                                   None, None)
-
-
-def test_host_device_flag_keeps_a_users_setting():
-  import os
-  from jaxir.parallel import host_device_flag
-  assert host_device_flag({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}) is None
-  cores = len(os.sched_getaffinity(0))
-  got = host_device_flag({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"})
-  if cores > 1:
-    assert got == ("--xla_cpu_enable_fast_math=false "
-                   f"--xla_force_host_platform_device_count={cores}")
-  else:
-    assert got is None
