@@ -25,9 +25,9 @@ uses as many threads as JAX's CPU client (all cores this process may use)
 unless `--threads` is given. The two alternate (interleaved rounds, so a slow
 spell of a shared machine hits both alike); the results are median ms per
 step, steps/s and torch / jaxir (> 1: jaxir faster) against issue 17's target
-"jaxir at least as fast as PyTorch" (>= 1). XLA_FLAGS is used as given
-(`experiments/train_prior.py` adds one host device per usable core, as the `jaxir` command does;
-set `--xla_force_host_platform_device_count` here to time that) and printed in the header
+"jaxir at least as fast as PyTorch" (>= 1). jaxir runs with the library's CPU settings
+(`import jaxir` makes one host device per usable core, as for `experiments/train_prior.py`;
+`JAXIR_CPU_SETTINGS=0`: one device); XLA_FLAGS and the device count are printed in the header
 with the load averages. On a shared machine (load average above the core
 count) the verdict is marked inconclusive: eager PyTorch's OpenMP regions wait
 for their slowest thread and slow down far more than XLA's thread pool when
@@ -43,7 +43,7 @@ the same thing (`--no-check` skips it). `--breakdown` also times the parts
   python experiments/bench_train.py --quick            # smoke run: 2 repeats
   python experiments/bench_train.py --configs natural64 --batch 8 --breakdown
   taskset -c 0 python experiments/bench_train.py      # one core, one thread each
-  XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=reduce python experiments/bench_train.py
+  JAXIR_CPU_SETTINGS=0 python experiments/bench_train.py   # one device (no host-device split)
 """
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ Two suites:
   `torch.inference_mode`), forward at batch 1, 8 and 32; prints both times,
   torch/flax (> 1: jaxir faster), the max abs difference of the outputs and
   the target "Flax at least as fast as PyTorch". jaxir runs with the settings
-  the library applies at import (`jaxir.runtime`: one host device per core,
-  the solving XLA flag) and the batch placed as `jaxir.parallel.batch_solver`
-  places it (split over the devices); `--xla-defaults` turns the settings off.
+  the library applies at import (`jaxir.runtime`: one host device per core)
+  and the batch placed as `jaxir.parallel.batch_solver` places it (split over
+  the devices); `--xla-defaults` turns the settings off (one device).
   torch uses as many threads as the process may use cores unless `--threads`
   is given.
 
@@ -88,7 +88,7 @@ def _parse(argv):
                        "with --cpu-compare)")
   ap.add_argument("--xla-defaults", action="store_true",
                   help="time jaxir without its CPU settings (JAXIR_CPU_SETTINGS=0: one "
-                       "device, XLA's default flags)")
+                       "device)")
   ap.add_argument("--cpu-compare", action="store_true",
                   help="run the Flax-vs-PyTorch CPU suite also when a GPU is present or --ffhq "
                        "is given")

@@ -46,11 +46,9 @@ def main(argv=None) -> int:
                   help="file stem of the export (default: the config's name)")
   args = ap.parse_args(argv)
 
-  # jaxir's CPU settings for training (jaxir.runtime): one host device per usable core, the
-  # batch split over them (data parallel; on this project's 2-core AMD EPYC a step takes 577
-  # ms instead of 813 ms, mnist32 batch 32, docs/performance.md), without the solving flag.
-  # Read at `import jaxir`, so set before the first jaxir import.
-  os.environ.setdefault("JAXIR_CPU_SETTINGS", "train")
+  # `import jaxir` made one host device per usable core (jaxir.runtime) and the trainer splits
+  # the batch over them (data parallel; on this project's 2-core AMD EPYC a step takes 577 ms
+  # instead of 813 ms, mnist32 batch 32, docs/performance.md).
   import jax
   from tqdm import tqdm
 

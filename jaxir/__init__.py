@@ -2,7 +2,7 @@
 from jaxir import runtime
 
 runtime._apply_defaults()  # persistent compilation cache (JAXIR_COMPILATION_CACHE=0: off)
-runtime.apply_cpu_settings()  # host devices per core, XLA CPU flag (JAXIR_CPU_SETTINGS=0: off)
+runtime.apply_cpu_settings()  # one host device per core (JAXIR_CPU_SETTINGS=0: off)
 
 from jaxir import diffusion, errors, io, metrics, operators, parallel, priors  # noqa: E402
 

@@ -1,23 +1,26 @@
-"""Settings jaxir applies to JAX when imported: CPU devices and flags, the compilation cache.
+"""Settings jaxir applies to JAX when imported: CPU host devices, the compilation cache.
 
-CPU settings (`cpu_settings`, applied at import by `apply_cpu_settings` unless JAX's
-backends already run). On a CPU host jaxir makes one host device per usable core
-(`jax_num_cpu_devices`), so `jaxir.parallel.batch_solver`, the command line and the
-experiments split a batch over cores, and for solving adds
-`--xla_cpu_experimental_ynn_fusion_type=reduce` to XLA_FLAGS (YNNPACK for reductions
-only, convolutions on XLA's Eigen kernels, which keep every core busy). Measured on a
-2-core AMD EPYC against PyTorch 2.13 on 2 threads, same weights (`experiments/bench_unet.py
---shipped`, 2026-11-30): with both settings the U-Net forward of both shipped priors and of a
-64x64 ADM is at least PyTorch's speed at batch 1, 8 and 32 (0.99-1.40x); with XLA's defaults
-on one device it is 0.57-0.79x at batch 8 and 32. Training (`experiments/train_prior.py`)
-uses `use="train"`: the host devices without the flag, which made the mnist32 step 6%
-slower. Control:
+CPU devices (`cpu_settings`, applied at import by `apply_cpu_settings` unless JAX's
+backends already run): on a CPU host jaxir makes one host device per usable core
+(`jax_num_cpu_devices`), so `jaxir.parallel.batch_solver`, the command line, the
+experiments and training split a batch over cores, which XLA's intra-op threads alone do
+not use well. Measured on a 2-core AMD EPYC against PyTorch 2.13 on 2 threads, same weights
+(`experiments/bench_unet.py`, 2026-11-30): U-Net forward of the shipped priors 1.25-1.89x
+PyTorch's speed at batch 8 and 32 (0.57-0.68x on one device), a training step 1.4x faster
+than on one device. Control:
 
-* `JAXIR_CPU_SETTINGS=0` (or `off`) leaves JAX and XLA_FLAGS alone; `=train` or `=solve`
-  picks the use (default solve);
-* a host device count already set (XLA_FLAGS' `--xla_force_host_platform_device_count`, or
-  `jax_num_cpu_devices` / `JAX_NUM_CPU_DEVICES`) and a YNN fusion type already in XLA_FLAGS
-  are kept; on a GPU or TPU machine the flags only touch the (unused) CPU backend.
+* `JAXIR_CPU_SETTINGS=0` (or `off`) leaves JAX alone;
+* a host device count already chosen (XLA_FLAGS' `--xla_force_host_platform_device_count`,
+  `JAX_NUM_CPU_DEVICES`, or `jax_num_cpu_devices` set in code) is kept; on a GPU or TPU
+  machine the count only touches the (unused) CPU backend.
+
+What jaxir does NOT set: `--xla_cpu_experimental_ynn_fusion_type` (which XLA CPU fusions go
+to YNNPACK). `=reduce` or `=individual_dot` put the convolutions on XLA's Eigen kernels and make
+a batch-1 forward up to 1.5x faster on one device, but with two host devices running at once
+both gave wrong, run-to-run different results (jax 0.10.2, 2026-11-30: DCDP on natural64 split
+over 2 devices, two of four images off by up to 0.63, the others exact; with XLA's default all
+four equal the one-at-a-time solves to 4e-7). `import jaxir` warns when XLA_FLAGS sets the
+option together with several host devices.
 
 A first `jaxir demo` spends most of its time compiling; with JAX's persistent
 compilation cache the compiled programs are stored on disk and a second run
@@ -48,17 +51,18 @@ References:
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import jax
 
 __all__ = ["default_cache_dir", "enable_compilation_cache", "compilation_cache_dir",
            "MIN_COMPILE_SECS", "MAX_CACHE_BYTES", "cpu_settings", "apply_cpu_settings",
-           "SOLVE_XLA_FLAG"]
+           "UNSAFE_XLA_FLAG"]
 
-#: The XLA CPU flag jaxir adds for solving (not for training); see the module docstring.
-SOLVE_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=reduce"
-_USES = ("solve", "train")
+#: The XLA CPU option that gave wrong results across host devices (module docstring).
+UNSAFE_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 #: Programs compiling faster than this are not written to the cache (seconds).
 MIN_COMPILE_SECS = 0.1
@@ -114,27 +118,18 @@ def _usable_cores() -> int:
   return os.cpu_count() or 1
 
 
-def cpu_settings(use: str = "solve", environ=None) -> dict:
-  """What jaxir would set for `use` ("solve" or "train"), given the environment.
+def cpu_settings(environ=None) -> dict:
+  """What jaxir would set, given the environment.
 
   Returns:
-    {"num_cpu_devices": int or None (leave JAX's count), "xla_flags": the new XLA_FLAGS
-    string or None (leave it)}.
+    {"num_cpu_devices": the host device count to set, or None to leave JAX's choice}.
   """
-  if use not in _USES:
-    raise ValueError(f"use must be one of {_USES}, got {use!r}")
   environ = os.environ if environ is None else environ
   flags = environ.get("XLA_FLAGS", "")
   cores = _usable_cores()
-  devices = None
   user_count = ("xla_force_host_platform_device_count" in flags
                 or environ.get("JAX_NUM_CPU_DEVICES"))
-  if cores > 1 and not user_count:
-    devices = cores
-  new_flags = None
-  if use == "solve" and "ynn_fusion_type" not in flags:
-    new_flags = f"{flags} {SOLVE_XLA_FLAG}".strip()
-  return {"num_cpu_devices": devices, "xla_flags": new_flags}
+  return {"num_cpu_devices": cores if cores > 1 and not user_count else None}
 
 
 def _backends_started() -> bool:
@@ -145,23 +140,33 @@ def _backends_started() -> bool:
     return True
 
 
-def apply_cpu_settings(use: str | None = None, environ=os.environ) -> dict | None:
-  """Apply `cpu_settings(use)` if JAX's backends have not started; returns what was set.
+def _host_devices_in(flags: str) -> int:
+  m = re.search(r"xla_force_host_platform_device_count=(\d+)", flags)
+  return int(m.group(1)) if m else 1
 
-  `use` None reads `JAXIR_CPU_SETTINGS` (solve | train | 0/off; default solve). Returns
-  None when nothing could or should be applied (backends running, or switched off).
+
+def apply_cpu_settings(environ=os.environ) -> dict | None:
+  """Apply `cpu_settings()` if JAX's backends have not started; returns what was set.
+
+  None when nothing could or should be applied (backends running, or
+  `JAXIR_CPU_SETTINGS=0`). Warns if XLA_FLAGS sets `UNSAFE_XLA_FLAG` (any value) with
+  several host devices.
   """
-  if use is None:
-    use = environ.get("JAXIR_CPU_SETTINGS", "").strip().lower() or "solve"
-    if use in ("0", "off", "false", "no"):
-      return None
+  if environ.get("JAXIR_CPU_SETTINGS", "").strip().lower() in ("0", "off", "false", "no"):
+    return None
   if _backends_started():
     return None
-  chosen = cpu_settings(use, environ)
+  chosen = cpu_settings(environ)
   if jax.config.jax_num_cpu_devices > 0:  # the caller set a count in code: keep it
     chosen["num_cpu_devices"] = None
   if chosen["num_cpu_devices"] is not None:
     jax.config.update("jax_num_cpu_devices", chosen["num_cpu_devices"])
-  if chosen["xla_flags"] is not None:
-    environ["XLA_FLAGS"] = chosen["xla_flags"]
+  flags = environ.get("XLA_FLAGS", "")
+  devices = max(chosen["num_cpu_devices"] or 1, jax.config.jax_num_cpu_devices,
+                _host_devices_in(flags))
+  if UNSAFE_XLA_FLAG in flags and devices > 1:
+    warnings.warn(f"XLA_FLAGS sets {UNSAFE_XLA_FLAG} with {devices} host devices: with "
+                  "=reduce and =individual_dot XLA CPU gave wrong, run-to-run different "
+                  "results for batches split over devices (jax 0.10.2). Drop the flag, or "
+                  "use one device (JAXIR_CPU_SETTINGS=0).", RuntimeWarning, stacklevel=2)
   return chosen

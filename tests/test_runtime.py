@@ -47,8 +47,14 @@ pre = sys.argv[1] == "started"
 if pre:
   import jax
   jax.devices()  # backends start before jaxir is imported: jaxir must leave them
-import jaxir, jax
-print(json.dumps({"devices": jax.device_count(), "flags": os.environ.get("XLA_FLAGS", "")}))
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+  warnings.simplefilter("always")
+  import jaxir
+import jax
+warned = any("host devices" in str(w.message) for w in caught)
+print(json.dumps({"devices": jax.device_count(), "flags": os.environ.get("XLA_FLAGS", ""),
+                  "warned": warned}))
 """
 
 
@@ -62,33 +68,32 @@ def _cpu_probe(env_extra, tmp_path, mode="fresh"):
   return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_cpu_settings_per_use_and_a_users_choice_kept():
+def test_cpu_settings_keep_a_users_device_count():
   from jaxir import runtime
   cores = len(os.sched_getaffinity(0))
-  solve = runtime.cpu_settings("solve", {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"})
-  assert solve["xla_flags"] == f"--xla_cpu_enable_fast_math=false {runtime.SOLVE_XLA_FLAG}"
-  assert solve["num_cpu_devices"] == (cores if cores > 1 else None)
-  assert runtime.cpu_settings("train", {})["xla_flags"] is None  # training: no solving flag
-  kept = runtime.cpu_settings("solve", {
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=3 "
-                   "--xla_cpu_experimental_ynn_fusion_type=default"})
-  assert kept == {"num_cpu_devices": None, "xla_flags": None}
-  assert runtime.cpu_settings("solve", {"JAX_NUM_CPU_DEVICES": "5"})["num_cpu_devices"] is None
-  with pytest.raises(ValueError, match="use must be one of"):
-    runtime.cpu_settings("inference")
+  got = runtime.cpu_settings({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"})
+  assert got == {"num_cpu_devices": cores if cores > 1 else None}
+  assert runtime.cpu_settings(
+      {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"})["num_cpu_devices"] is None
+  assert runtime.cpu_settings({"JAX_NUM_CPU_DEVICES": "5"})["num_cpu_devices"] is None
 
 
 def test_import_applies_cpu_settings_unless_told_or_too_late(tmp_path):
-  from jaxir import runtime
   cores = len(os.sched_getaffinity(0))
   out = _cpu_probe({}, tmp_path)
-  assert out["devices"] == max(cores, 1)
-  assert runtime.SOLVE_XLA_FLAG in out["flags"]
-  train = _cpu_probe({"JAXIR_CPU_SETTINGS": "train"}, tmp_path)
-  assert train["devices"] == max(cores, 1) and runtime.SOLVE_XLA_FLAG not in train["flags"]
+  assert out == {"devices": max(cores, 1), "flags": "", "warned": False}
   off = _cpu_probe({"JAXIR_CPU_SETTINGS": "0"}, tmp_path)
-  assert off == {"devices": 1, "flags": ""}
+  assert off == {"devices": 1, "flags": "", "warned": False}
   users = _cpu_probe({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, tmp_path)
-  assert users["devices"] == 3
+  assert users["devices"] == 3 and not users["warned"]
   late = _cpu_probe({}, tmp_path, mode="started")
-  assert late == {"devices": 1, "flags": ""}
+  assert late == {"devices": 1, "flags": "", "warned": False}
+
+
+def test_import_warns_about_the_racing_flag_with_several_devices(tmp_path):
+  from jaxir import runtime
+  flags = f"--xla_force_host_platform_device_count=2 {runtime.UNSAFE_XLA_FLAG}=reduce"
+  assert _cpu_probe({"XLA_FLAGS": flags}, tmp_path)["warned"]
+  one = _cpu_probe({"XLA_FLAGS": f"{runtime.UNSAFE_XLA_FLAG}=reduce", "JAXIR_CPU_SETTINGS": "0"},
+                   tmp_path)
+  assert one["devices"] == 1 and not one["warned"]
