@@ -34,7 +34,8 @@ cache folder, unless
 
 The default folder is `$XDG_CACHE_HOME/jaxir/xla` (`~/.cache/jaxir/xla`),
 kept below `MAX_CACHE_BYTES` where the `filelock` package is installed (JAX
-evicts the least recently used entries; without it JAX cannot bound the folder).
+evicts the least recently used entries); without it JAX cannot bound the folder
+and jaxir uses `xla-unbounded` beside it (`default_cache_dir` says why).
 Programs that took at least `MIN_COMPILE_SECS` to compile are stored: writing an
 entry costs time too, and caching every program (about 2,300 in `tests/test_cli.py`)
 made a first run twice as slow, while 0.1 s keeps the few that matter (a second
@@ -58,7 +59,7 @@ from pathlib import Path
 import jax
 
 __all__ = ["default_cache_dir", "enable_compilation_cache", "compilation_cache_dir",
-           "MIN_COMPILE_SECS", "MAX_CACHE_BYTES", "cpu_settings", "apply_cpu_settings",
+           "MIN_COMPILE_SECS", "MAX_CACHE_BYTES", "repair_access_times", "cpu_settings", "apply_cpu_settings",
            "UNSAFE_XLA_FLAG"]
 
 #: The XLA CPU option that gave wrong results across host devices (module docstring).
@@ -70,10 +71,42 @@ MIN_COMPILE_SECS = 0.1
 MAX_CACHE_BYTES = 2 * 2 ** 30
 
 
+def _bounded() -> bool:
+  """Whether JAX can bound the cache here (it needs the `filelock` package)."""
+  try:
+    import filelock  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
 def default_cache_dir() -> Path:
-  """`$XDG_CACHE_HOME/jaxir/xla`, or `~/.cache/jaxir/xla`."""
+  """`$XDG_CACHE_HOME/jaxir/xla` (or `~/.cache/...`); `xla-unbounded` without `filelock`.
+
+  Two folders, because a bounded cache needs an access-time file beside every entry and
+  an unbounded writer (another environment without `filelock`) adds entries without one,
+  after which JAX failed every write of the bounded cache with a warning.
+  """
   base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-  return Path(base) / "jaxir" / "xla"
+  return Path(base) / "jaxir" / ("xla" if _bounded() else "xla-unbounded")
+
+
+def repair_access_times(folder: str | os.PathLike) -> int:
+  """Give every cache entry in `folder` that lacks one an access-time file (oldest time).
+
+  JAX's bounded cache reads `<key>-atime` for every `<key>-cache` before each write and
+  fails the write if one is missing. Returns the number of files written.
+  """
+  folder, n = Path(folder), 0
+  for entry in folder.glob("*-cache"):
+    atime = folder / (entry.name[:-len("-cache")] + "-atime")
+    if not atime.exists():
+      try:
+        atime.write_bytes((0).to_bytes(8, "little"))  # evicted first
+        n += 1
+      except OSError:
+        pass
+  return n
 
 
 def compilation_cache_dir() -> str | None:
@@ -91,11 +124,9 @@ def enable_compilation_cache(path: str | os.PathLike | None = None,
   folder.mkdir(parents=True, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", str(folder))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
-  try:  # JAX enforces the bound with `filelock`; without it, reads would warn: leave unbounded
-    import filelock  # noqa: F401
+  if _bounded():  # JAX enforces the bound with `filelock`; without it, reads would warn
+    repair_access_times(folder)
     jax.config.update("jax_compilation_cache_max_size", MAX_CACHE_BYTES)
-  except ImportError:
-    pass
   return str(folder)
 
 

@@ -37,8 +37,30 @@ def test_cache_in_the_given_folder_and_off_switch(tmp_path):
 
 
 def test_default_folder_follows_xdg(tmp_path):
+  from jaxir import runtime
   out = _probe({"JAXIR_COMPILATION_CACHE": "", "XDG_CACHE_HOME": str(tmp_path / "c")}, tmp_path)
-  assert out["dir"] == str(tmp_path / "c" / "jaxir" / "xla")
+  name = "xla" if runtime._bounded() else "xla-unbounded"
+  assert out["dir"] == str(tmp_path / "c" / "jaxir" / name)
+
+
+def test_entries_without_access_time_are_repaired(tmp_path):
+  # An unbounded writer (an environment without filelock) leaves entries without their
+  # "-atime" file; JAX's bounded cache then failed every write. jaxir writes the missing ones.
+  from jaxir import runtime
+  (tmp_path / "old-cache").write_bytes(b"x")
+  (tmp_path / "kept-cache").write_bytes(b"y")
+  (tmp_path / "kept-atime").write_bytes((5).to_bytes(8, "little"))
+  assert runtime.repair_access_times(tmp_path) == 1
+  assert (tmp_path / "old-atime").read_bytes() == (0).to_bytes(8, "little")
+  assert (tmp_path / "kept-atime").read_bytes() == (5).to_bytes(8, "little")
+  assert runtime.repair_access_times(tmp_path) == 0
+  if runtime._bounded():  # then a real write into such a folder must succeed, silently
+    folder = tmp_path / "xla"
+    folder.mkdir()
+    (folder / "stale-cache").write_bytes(b"z")
+    env = {"JAXIR_COMPILATION_CACHE": str(folder), "PYTHONWARNINGS": "error::UserWarning"}
+    _probe(env, tmp_path)
+    assert len(list(folder.glob("jit_*-cache"))) >= 1
 
 
 CPU_PROBE = """
