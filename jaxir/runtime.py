@@ -5,7 +5,7 @@ backends already run): on a CPU host jaxir makes one host device per usable core
 (`jax_num_cpu_devices`), so `jaxir.parallel.batch_solver`, the command line, the
 experiments and training split a batch over cores, which XLA's intra-op threads alone do
 not use well. Measured on a 2-core AMD EPYC against PyTorch 2.13 on 2 threads, same weights
-(`experiments/bench_unet.py`, 2026-11-30): U-Net forward of the shipped priors 1.25-1.89x
+(`experiments/bench_unet.py`, 2026-11-30): U-Net forward of the shipped priors 1.22-1.34x
 PyTorch's speed at batch 8 and 32 (0.57-0.68x on one device), a training step 1.4x faster
 than on one device. Control:
 
