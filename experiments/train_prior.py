@@ -42,6 +42,10 @@ def main(argv=None) -> int:
                   help="fine-tune: start from a run directory's latest weights or an "
                   "exported .safetensors")
   ap.add_argument("--loss-weight", default=None, help="override: eps or truncated_snr")
+  ap.add_argument("--learning-rate", type=float, default=None, help="override the peak lr")
+  ap.add_argument("--lr-schedule", default=None,
+                  help="override: constant or cosine (decays over --num-steps)")
+  ap.add_argument("--warmup-steps", type=int, default=None, help="override the lr warm-up")
   ap.add_argument("--export-name", default=None,
                   help="file stem of the export (default: the config's name)")
   args = ap.parse_args(argv)
@@ -56,7 +60,10 @@ def main(argv=None) -> int:
 
   cfg = configs.get_config(args.config)
   over = {k: v for k, v in (("seed", args.seed), ("batch_size", args.batch_size),
-                            ("init_from", args.init_from), ("loss_weight", args.loss_weight))
+                            ("init_from", args.init_from), ("loss_weight", args.loss_weight),
+                            ("learning_rate", args.learning_rate),
+                            ("lr_schedule", args.lr_schedule),
+                            ("warmup_steps", args.warmup_steps))
           if v is not None}
   for field in ("num_steps", "log_every", "sample_every"):
     if getattr(args, field) is not None:

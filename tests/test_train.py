@@ -327,3 +327,18 @@ def test_export_prior_loads_in_guided_diffusion(tmp_path):
   with pytest.raises(CheckpointError):
     trainer.restore_or_init(trainer.checkpoint_manager(str(tmp_path / "x"), other), other,
                             trainer.build_model(other))
+
+
+def test_train_prior_script_passes_its_overrides(tmp_path):
+  # experiments/train_prior.py: the recipe overrides reach the run's recorded config.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = tmp_path / "run"
+  r = subprocess.run(
+      [sys.executable, os.path.join(root, "experiments", "train_prior.py"), "--config", "tiny",
+       "--workdir", str(workdir), "--steps", "2", "--learning-rate", "5e-4",
+       "--lr-schedule", "cosine", "--warmup-steps", "1", "--sample-every", "0"],
+      capture_output=True, text=True, timeout=600, cwd=tmp_path)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rec = json.loads((workdir / "config.json").read_text())
+  assert (rec["learning_rate"], rec["lr_schedule"], rec["warmup_steps"]) == (5e-4, "cosine", 1)
+  assert (workdir / "export" / "tiny.safetensors").is_file()
