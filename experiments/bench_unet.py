@@ -286,6 +286,7 @@ def cpu_compare_suite(args) -> dict:
 
   from jaxir.models.adm import ADMUNet, adm_config
   from jaxir.models.convert import adm_state_dict_from_params
+  from jaxir.parallel import one_device_call, one_device_options
 
   env = environment(jax.devices("cpu")[0])
   threads = set_torch_threads(args.threads)
@@ -306,11 +307,18 @@ def cpu_compare_suite(args) -> dict:
       xt = torch.from_numpy(np.array(np.transpose(np.asarray(x), (0, 3, 1, 2))))
       tt = torch.from_numpy(np.asarray(t).astype(np.int64))
       xs, ts, ps = _library_inputs(x, t, params)
+      # The library's program: one-device batches get its one-device compile options and
+      # run through one_device_call, as in jaxir.parallel.batch_solver and the CLI.
+      one = len(getattr(xs, "devices", lambda: [None])()) == 1
+      dev = jax.devices()[0]
+      options = one_device_options(dev) if one else None
       t0 = time.perf_counter()
-      compiled = fwd.lower(ps, xs, ts).compile()
+      compiled = fwd.lower(ps, xs, ts).compile(compiler_options=options)
       compile_s = time.perf_counter() - t0
 
       def run_flax():
+        if options:
+          return one_device_call(dev, compiled, ps, xs, ts)
         return jax.block_until_ready(compiled(ps, xs, ts))
 
       def run_torch():
@@ -356,8 +364,10 @@ def cpu_compare_suite(args) -> dict:
 
 def _settings_line() -> str:
   import jax
+  from jaxir.runtime import single_device_options
+  one = single_device_options(jax.devices("cpu")[0]) or "XLA defaults"
   return (f"{jax.device_count('cpu')} CPU device(s), XLA_FLAGS "
-          f"{os.environ.get('XLA_FLAGS') or '(unset)'}")
+          f"{os.environ.get('XLA_FLAGS') or '(unset)'}; one-device programs: {one}")
 
 
 def main(argv=None) -> int:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -258,6 +259,7 @@ class BatchRunner:
     self.config = config
     self.run = jax.jit(jax.vmap(fn, in_axes=(0, 0, 0, None, None)), static_argnums=4)
     self.mesh = data_mesh()
+    self.device = self.mesh.devices.flat[0]
     self.cache = {}
 
   def batch(self, keys, ys, ops, prior):
@@ -349,7 +351,7 @@ def restore(args) -> dict:
 
   from jaxir import io, metrics, progress
   from jaxir.errors import ConfigError, ResourceError
-  from jaxir.parallel import replicate
+  from jaxir.parallel import one_device_call, one_device_options, replicate
   from jaxir.solvers.registry import get_solver
   from jaxir.tasks import TASKS, prior_channels, simulate, stack_operators, task_names
 
@@ -430,7 +432,9 @@ def restore(args) -> dict:
             args, prior, shape, profile, len(paths), math.ceil(len(batched[1]) / devices))
         if note:
           print(note, file=sys.stderr, flush=True)
-        compiled = traced.lower().compile()
+        # One device: the library's one-device compile options (jaxir.parallel).
+        options = one_device_options(runner.device) if devices == 1 else None
+        compiled = traced.lower().compile(compiler_options=options)
         avail, need = _available_and_needed(compiled, devices)
         if avail is not None and need > MEMORY_SHARE * avail and not args.force:
           fit = _size_hint(shape, prior, math.sqrt(MEMORY_SHARE * avail / need))
@@ -441,6 +445,8 @@ def restore(args) -> dict:
               f"(from XLA's memory analysis of the compiled program), "
               f"{progress.format_bytes(avail)} are free. Pass --size {fit} to restore "
               f"smaller images{more} (--force runs it anyway).")
+        if options:
+          compiled = functools.partial(one_device_call, runner.device, compiled)
         runner.cache[sig] = (compiled, profile, bar)
       compiled, profile, bar = runner.cache[sig]
       if first:

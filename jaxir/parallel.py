@@ -16,6 +16,7 @@ caller already chose a count (`jaxir.runtime.cpu_settings`).
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import jax
@@ -24,8 +25,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxir.errors import ShapeError
+from jaxir.runtime import single_device_options
 
-__all__ = ["data_mesh", "pad_batch", "shard_batch", "replicate", "batch_solver"]
+__all__ = ["data_mesh", "pad_batch", "shard_batch", "replicate", "batch_solver",
+           "one_device_options", "one_device_call"]
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -79,6 +82,44 @@ def replicate(tree, mesh: Mesh | None = None):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+# Held while a program compiled with `one_device_options` runs (`one_device_call`).
+_RUN_LOCK = threading.RLock()
+
+
+def _wait_for_other_devices(device) -> None:
+  """Block until every live array on another device of `device`'s platform is ready."""
+  for a in jax.live_arrays():
+    try:
+      if any(d != device and d.platform == device.platform for d in a.devices()):
+        a.block_until_ready()
+    except RuntimeError:  # deleted or donated meanwhile
+      continue
+
+
+def one_device_options(device) -> dict | None:
+  """Compile options for a program that runs on `device` alone (None: XLA's defaults).
+
+  `jaxir.runtime.single_device_options` on a CPU device; run such a program with
+  `one_device_call`.
+  """
+  return single_device_options(device) or None
+
+
+def one_device_call(device, fn, *args):
+  """`fn(*args)` for a program compiled with `one_device_options(device)`, run alone.
+
+  With several host devices it first waits for the live arrays on the other devices,
+  runs under a process-wide lock and returns finished arrays (`jaxir.runtime`: such
+  programs are only trusted while nothing runs on another host device). With one host
+  device, or off the CPU, this is `fn(*args)`.
+  """
+  if device.platform != "cpu" or len(jax.devices(device.platform)) == 1:
+    return fn(*args)
+  with _RUN_LOCK:
+    _wait_for_other_devices(device)
+    return jax.block_until_ready(fn(*args))
+
+
 def batch_solver(solver: Callable, mesh: Mesh | None = None) -> Callable:
   """A batched, device-parallel version of a solver `solver(key, y, operator, prior, config)`.
 
@@ -89,11 +130,19 @@ def batch_solver(solver: Callable, mesh: Mesh | None = None) -> Callable:
   mesh uses its first N devices), split over the mesh, solved by one jitted
   `jax.vmap` (compiled once per shape and config) and trimmed back to N. The
   prior is copied to every device on each call unless it already is
-  (`replicate(prior, mesh)` once, for a loop over batches). With one device
-  this is exactly `jax.jit(jax.vmap(...))`.
+  (`replicate(prior, mesh)` once, for a loop over batches).
+
+  A batch that runs on one CPU device (one image, or a one-device mesh) is
+  compiled with `one_device_options` (XLA's Eigen convolutions, 1.2-1.5x faster at
+  batch 1 here) and run by `one_device_call`: with several host devices that call
+  returns finished arrays, not asynchronous ones. Otherwise this is
+  `jax.jit(jax.vmap(...))` over the mesh.
   """
   mesh = data_mesh() if mesh is None else mesh
-  run = jax.jit(jax.vmap(solver, in_axes=(0, 0, 0, None, None)), static_argnums=4)
+  vsolver = jax.vmap(solver, in_axes=(0, 0, 0, None, None))
+  run = jax.jit(vsolver, static_argnums=4)
+  options = one_device_options(mesh.devices.flat[0])
+  run_one = jax.jit(vsolver, static_argnums=4, compiler_options=options) if options else run
 
   def solve(keys, ys, operators, prior, config):
     n = _batch_size((keys, ys, operators))
@@ -102,7 +151,11 @@ def batch_solver(solver: Callable, mesh: Mesh | None = None) -> Callable:
     if m.devices.size > 1:
       batched = shard_batch(batched, m)
       prior = replicate(prior, m)
-    x, info = run(*batched, prior, config)
+      x, info = run(*batched, prior, config)
+    else:
+      device = m.devices.flat[0]
+      batched, prior = jax.device_put((batched, prior), device)
+      x, info = one_device_call(device, run_one, *batched, prior, config)
     if x.shape[0] != n:
       x, info = jax.tree.map(lambda a: a[:n], (x, info))
     return x, info

@@ -14,13 +14,29 @@ than on one device. Control:
   `JAX_NUM_CPU_DEVICES`, or `jax_num_cpu_devices` set in code) is kept; on a GPU or TPU
   machine the count only touches the (unused) CPU backend.
 
-What jaxir does NOT set: `--xla_cpu_experimental_ynn_fusion_type` (which XLA CPU fusions go
-to YNNPACK). `=reduce` or `=individual_dot` put the convolutions on XLA's Eigen kernels and make
-a batch-1 forward up to 1.5x faster on one device, but with two host devices running at once
-both gave wrong, run-to-run different results (jax 0.10.2, 2026-11-30: DCDP on natural64 split
-over 2 devices, two of four images off by up to 0.63, the others exact; with XLA's default all
-four equal the one-at-a-time solves to 4e-7). `import jaxir` warns when XLA_FLAGS sets the
-option together with several host devices.
+One image on one device (`single_device_options`, used by `jaxir.parallel.batch_solver`
+and the command line for a batch that runs on one device): XLA's YNNPACK convolutions keep
+only about 1.4 of 2 cores busy there, and a batch-1 U-Net forward was slower than PyTorch's
+(natural64 0.80x, 64x64 ADM 0.91x). Such programs are compiled with
+`xla_cpu_experimental_ynn_fusion_type` set to `LIBRARY_FUSION_TYPE_REDUCE`, which puts the
+convolutions on XLA's Eigen kernels: batch 1 then runs 1.2-1.5x PyTorch's speed (2-core AMD
+EPYC, 2026-11-30: mnist32 1.52x, natural64 1.21x, ADM 1.18x) and a DCDP solve of one image
+1.56x faster (5.28 -> 3.38 s), equal to XLA's default program to 4e-7.
+
+The same option set in XLA_FLAGS (so also on programs that span devices) gave wrong,
+run-to-run different results for a batch split over 2 host devices (jax 0.10.2,
+2026-11-30: DCDP on natural64, two of four images off by up to 0.63; with XLA's default all
+four equal the one-at-a-time solves to 4e-7), and in scratch runs that day one-device
+programs with the option came back wrong (up to 0.39) while a program ran on the other
+host device. On 2026-12-01 that last case did not reproduce: 18 one-image DCDP solves with
+the option on device 0 while DCDP ran on device 1 (dispatched asynchronously or from two
+threads, with the machine idle or loaded) all equal XLA's default to 5.4e-7. Until the
+cause is known, jaxir applies the option only per program and only to one-device programs,
+and runs those alone (`jaxir.parallel.one_device_call`: wait for the other host devices,
+one process-wide lock, finished arrays). Do not start JAX work on another host device from
+another thread while such a solve runs. `JAXIR_EIGEN_CONV=0` (or `JAXIR_CPU_SETTINGS=0`)
+turns the option off; `import jaxir` warns when XLA_FLAGS sets it together with several
+host devices.
 
 A first `jaxir demo` spends most of its time compiling; with JAX's persistent
 compilation cache the compiled programs are stored on disk and a second run
@@ -60,10 +76,13 @@ import jax
 
 __all__ = ["default_cache_dir", "enable_compilation_cache", "compilation_cache_dir",
            "MIN_COMPILE_SECS", "MAX_CACHE_BYTES", "repair_access_times", "cpu_settings", "apply_cpu_settings",
-           "UNSAFE_XLA_FLAG"]
+           "UNSAFE_XLA_FLAG", "SINGLE_DEVICE_OPTIONS", "single_device_options"]
 
 #: The XLA CPU option that gave wrong results across host devices (module docstring).
 UNSAFE_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+#: Per-program XLA options for a program on ONE CPU device (module docstring).
+SINGLE_DEVICE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 #: Programs compiling faster than this are not written to the cache (seconds).
 MIN_COMPILE_SECS = 0.1
@@ -201,3 +220,29 @@ def apply_cpu_settings(environ=os.environ) -> dict | None:
                   "results for batches split over devices (jax 0.10.2). Drop the flag, or "
                   "use one device (JAXIR_CPU_SETTINGS=0).", RuntimeWarning, stacklevel=2)
   return chosen
+
+
+def _off(environ, name: str) -> bool:
+  return environ.get(name, "").strip().lower() in ("0", "off", "false", "no")
+
+
+def single_device_options(device=None, environ=None) -> dict:
+  """XLA compile options jaxir uses for a program that runs on one device.
+
+  Args:
+    device: the device the program runs on (default: JAX's first device).
+    environ: mapping read for the switches (default: `os.environ`).
+
+  Returns:
+    `SINGLE_DEVICE_OPTIONS` on a CPU device, {} on other platforms, with
+    `JAXIR_EIGEN_CONV=0` or `JAXIR_CPU_SETTINGS=0`, or when XLA_FLAGS already sets
+    the option (the caller's choice is kept). Run a program compiled with them
+    through `jaxir.parallel.one_device_call` (module docstring).
+  """
+  environ = os.environ if environ is None else environ
+  if _off(environ, "JAXIR_EIGEN_CONV") or _off(environ, "JAXIR_CPU_SETTINGS"):
+    return {}
+  if UNSAFE_XLA_FLAG in environ.get("XLA_FLAGS", ""):
+    return {}
+  device = jax.devices()[0] if device is None else device
+  return dict(SINGLE_DEVICE_OPTIONS) if device.platform == "cpu" else {}

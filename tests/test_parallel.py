@@ -81,3 +81,53 @@ def test_mismatched_batch_axes_are_refused():
   with pytest.raises(ShapeError, match="same leading"):
     batch_solver(lambda k, y, op, p, c: (y, {}))(np.zeros(3), np.zeros((4, 2)), np.zeros(4),
                                                   None, None)
+
+
+_ONE_IMAGE_SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jaxir import runtime
+from jaxir.parallel import batch_solver
+from jaxir.priors import load_prior
+from jaxir.solvers.dcdp import DCDPConfig, dcdp
+from jaxir.tasks import simulate, stack_operators
+
+prior = load_prior("natural64")
+x = jnp.tanh(jax.random.normal(jax.random.key(0), (64, 64, 3)))
+op, y = simulate("gaussian_deblur", jax.random.key(1), x)
+cfg = DCDPConfig(K=2, tau=3, lr=1e4, T0=200, ddim_steps=3, mu=0.5, sigma_y=0.05)
+keys, ys, ops = jax.random.split(jax.random.key(2), 1), y[None], stack_operators([op])
+ref = jax.jit(jax.vmap(dcdp, in_axes=(0, 0, 0, None, None)), static_argnums=4)(
+    keys, ys, ops, prior, cfg)[0]
+dev1 = jax.devices()[1]
+busy_prior = jax.device_put(prior, dev1)
+busy_x = jax.device_put(jnp.tile(x[None], (16, 1, 1, 1)), dev1)
+busy = jax.jit(lambda p, b: p.eps(b, jnp.full((16,), 300)))
+out = {"devices": len(jax.devices()), "options": runtime.single_device_options()}
+diffs = []
+solve = batch_solver(dcdp)
+for _ in range(2):
+  pending = busy(busy_prior, busy_x)  # still running on device 1 when the solve starts
+  got = solve(keys, ys, ops, prior, cfg)[0]
+  diffs.append(float(jnp.abs(got - ref).max()))
+  out["shards"] = len(got.sharding.device_set)
+out["diffs"] = diffs
+out["busy_finite"] = bool(jnp.isfinite(pending).all())
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_one_image_on_one_device_matches_xla_defaults_while_another_device_works():
+  # batch_solver compiles a one-device batch with jaxir.runtime.single_device_options
+  # (once seen to go wrong while another host device worked; jaxir.runtime): with work
+  # pending on device 1, the solve equals the program compiled with XLA's defaults.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  env.pop("JAXIR_EIGEN_CONV", None)
+  proc = subprocess.run([sys.executable, "-c", _ONE_IMAGE_SCRIPT], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.split("RESULT")[-1])
+  assert out["devices"] == 2 and out["shards"] == 1 and out["options"]
+  assert max(out["diffs"]) < 1e-4, out["diffs"]
+  assert out["busy_finite"]

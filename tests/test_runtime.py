@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 PROBE = """
@@ -119,3 +121,21 @@ def test_import_warns_about_the_racing_flag_with_several_devices(tmp_path):
   one = _cpu_probe({"XLA_FLAGS": f"{runtime.UNSAFE_XLA_FLAG}=reduce", "JAXIR_CPU_SETTINGS": "0"},
                    tmp_path)
   assert one["devices"] == 1 and not one["warned"]
+
+
+def test_single_device_options_and_their_switches():
+  from jaxir import runtime
+  cpu = jax.devices("cpu")[0]
+  assert runtime.single_device_options(cpu, {}) == runtime.SINGLE_DEVICE_OPTIONS
+  assert runtime.single_device_options(cpu, {"JAXIR_EIGEN_CONV": "0"}) == {}
+  assert runtime.single_device_options(cpu, {"JAXIR_CPU_SETTINGS": "off"}) == {}
+  flags = {"XLA_FLAGS": f"{runtime.UNSAFE_XLA_FLAG}=individual_dot"}
+  assert runtime.single_device_options(cpu, flags) == {}  # the caller's own choice stays
+  # XLA accepts the options (a wrong enum name would fail here) and the result is unchanged.
+  x = jax.random.normal(jax.random.key(0), (1, 16, 16, 8))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 8, 8)) / 8.0
+  conv = lambda x: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  a = jax.jit(conv)(x)
+  b = jax.jit(conv, compiler_options=runtime.SINGLE_DEVICE_OPTIONS)(x)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
