@@ -393,7 +393,8 @@ def main(argv=None) -> int:
                   help="Anderson's predicted vs true residual at the mixed point (extra calls)")
   ap.add_argument("--check", default="", help="variants to re-run through the library")
   ap.add_argument("--report", action="store_true", help="write the markdown from saved runs")
-  ap.add_argument("--notes", default=None, help="markdown appended to the report")
+  ap.add_argument("--notes", default=str(HERE / "results" / "deqir_convergence_notes.md"),
+                  help="markdown appended to the report (default: the findings kept beside it)")
   args = ap.parse_args(argv)
   if args.report:
     report(args)
