@@ -131,3 +131,25 @@ def test_one_image_on_one_device_matches_xla_defaults_while_another_device_works
   assert out["devices"] == 2 and out["shards"] == 1 and out["options"]
   assert max(out["diffs"]) < 1e-4, out["diffs"]
   assert out["busy_finite"]
+
+
+def test_one_device_call_runs_the_optioned_program_and_returns_finished_arrays(monkeypatch):
+  from jaxir import runtime
+  from jaxir.parallel import one_device_call, one_device_options
+  dev = jax.devices()[0]
+  monkeypatch.delenv("JAXIR_EIGEN_CONV", raising=False)
+  monkeypatch.delenv("JAXIR_CPU_SETTINGS", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  opts = one_device_options(dev)
+  assert opts == (runtime.SINGLE_DEVICE_OPTIONS if dev.platform == "cpu" else None)
+  monkeypatch.setenv("JAXIR_EIGEN_CONV", "0")
+  assert one_device_options(dev) is None
+  x = jax.device_put(np.linspace(-1, 1, 4 * 8 * 8 * 3, dtype=np.float32).reshape(4, 8, 8, 3), dev)
+  k = jax.device_put(np.ones((3, 3, 3, 5), np.float32) / 27, dev)
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ref = jax.jit(conv)(x, k)
+  fast = jax.jit(conv, compiler_options=opts)
+  got = one_device_call(dev, fast, x, k)
+  assert got.is_ready()
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-6)
