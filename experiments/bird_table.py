@@ -138,6 +138,9 @@ def main(argv=None) -> int:
   ap.add_argument("--delta-ts", default="50,100,200,250", help="step-size study ('' to skip)")
   ap.add_argument("--paths", action="store_true", help="also run the full gradient path")
   ap.add_argument("--quick", action="store_true", help="main rows only (no delta_t study)")
+  ap.add_argument("--z-init", default="noise", choices=["noise", "inversion", "both"],
+                  help="z start of the main rows: official noise, DDIM inversion of a first "
+                       "estimate (BIRDConfig.z_init), or both (inversion rows added)")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--out", default=None, help="write results.json and table.md here")
   args = ap.parse_args(argv)
@@ -162,9 +165,12 @@ def main(argv=None) -> int:
     return bird_preset(preset, **{**over, **kw})
 
   rows = []
+  inits = ["noise", "inversion"] if args.z_init == "both" else [args.z_init]
   for task in args.tasks.split(","):
     preset = make_task(task, keys[0], xs[0], ksize)[3]
-    rows.append(run_row(task, task, xs, keys, prior, cfg(preset), ksize, lp))
+    for z_init in inits:
+      label = task + (" (z: inversion)" if z_init == "inversion" else "")
+      rows.append(run_row(label, task, xs, keys, prior, cfg(preset, z_init=z_init), ksize, lp))
   if args.paths:
     rows.append(run_row("blind_gauss full-grad", "blind_gauss", xs, keys, prior,
                         cfg("blind_deblur", grad_through_unet=True), ksize, lp))

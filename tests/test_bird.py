@@ -148,7 +148,9 @@ def test_vmap_equals_loop_and_sphere(problem):
     x, info = solve(keys[i], ys[i], degs[i])
     np.testing.assert_allclose(xb[i], x, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ib.loss[i], info.loss, rtol=1e-4)
-    np.testing.assert_allclose(ib.kernel[i], info.kernel, rtol=1e-4, atol=1e-7)
+    # Adam divides by sqrt(v): float rounding of near-zero kernel gradients (vmap vs one
+    # image) moves single entries by ~1e-5 of their ~0.05 (seen with jax 0.10.2, 2026-12-01).
+    np.testing.assert_allclose(ib.kernel[i], info.kernel, rtol=1e-4, atol=5e-5)
     assert abs(float(jnp.linalg.norm(info.z)) - H) <= 1e-4 * H  # sqrt(d) = sqrt(144)
   assert int(ib.nfe[0]) == (6 + 1) * 4
 
@@ -204,3 +206,26 @@ def test_bird_noise_statistics():
   np.testing.assert_allclose(bird_noise(jax.random.key(2), y, 0.0, 0.0), y, atol=1e-6)
   with pytest.raises(ConfigError, match="speckle"):
     bird_noise(jax.random.key(0), y, speckle=-1.0)
+
+
+def test_inversion_start_fits_from_the_first_step(problem):
+  # z_init="inversion": z is the DDIM inversion of y (same shape as the image here), put on
+  # the sphere. With a prior whose eps ignores x, g(invert(x)) = x exactly, and the inversion
+  # start begins near y, far below the loss of a noise start; it costs one chain more.
+  from jaxir.operators.denoise import Identity
+  from jaxir.priors.base import make_prior
+  prior, x_true, _, ys = problem
+  c = jax.random.normal(jax.random.key(7), (H, H, 1))
+  const = make_prior(lambda p, x, t: jnp.broadcast_to(p, x.shape), c)
+  x = jnp.clip(x_true[0], -0.9, 0.9)
+  cfg = dataclass_replace(SMALL, z_init="inversion")
+  np.testing.assert_allclose(generate(const, bird_mod.invert(const, x, cfg), cfg), x, atol=1e-4)
+  known = NonBlind(Identity((H, H, 1)))
+  y = x  # the const prior's latents of [-1, 1] images lie near the sphere ||z|| = sqrt(d)
+  _, inv = jax.jit(functools.partial(bird, prior=const, config=cfg))(jax.random.key(0), y, known)
+  _, noi = jax.jit(functools.partial(bird, prior=const, config=SMALL))(jax.random.key(0), y, known)
+  assert float(inv.loss[0]) < 0.5 * float(noi.loss[0])
+  assert abs(float(jnp.linalg.norm(inv.z)) - H) <= 1e-4 * H
+  assert int(inv.nfe) == bird_nfe(cfg) == bird_nfe(SMALL) + len(bird_timesteps(cfg.delta_t))
+  with pytest.raises(ConfigError, match="z_init"):
+    BIRDConfig(z_init="zeros")

@@ -18,7 +18,7 @@ import numpy as np
 from jaxir.diffusion.schedule import Schedule, beta_schedule, respaced_alphas_cumprod
 from jaxir.errors import ConfigError, ShapeError
 
-__all__ = ["q_sample", "x0_from_eps", "eps_from_x0", "split_eps", "ddim_step", "ddim_loop",
+__all__ = ["q_sample", "x0_from_eps", "eps_from_x0", "split_eps", "ddim_step", "ddim_loop", "ddim_invert",
            "ddim_sample", "ddim_tables"]
 
 
@@ -99,7 +99,10 @@ def ddim_step(x_t, eps, abar_t, abar_prev, *, eta=0.0, noise=None, clip=True, x0
   if not keep_eps:
     eps = eps_from_x0(x_t, x0, abar_t)
   if etw is None:
-    sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * jnp.sqrt(1.0 - abar_t / abar_prev)
+    if isinstance(eta, (int, float)) and eta == 0:  # deterministic; also valid upwards
+      sigma = 0.0                                   # (abar_t = 1 or abar_t > abar_prev)
+    else:
+      sigma = eta * jnp.sqrt((1.0 - abar_prev) / (1.0 - abar_t)) * jnp.sqrt(1.0 - abar_t / abar_prev)
     c_eps = jnp.sqrt(1.0 - abar_prev - sigma ** 2)
   else:
     sigma = eta * jnp.sqrt(1.0 - abar_prev)
@@ -230,4 +233,37 @@ def ddim_loop(model_fn: Callable, x_T, t_model, abar, abar_prev, *, mask=None, e
     return jax.lax.cond(m, lambda x: step(x, t, a, a_prev, k), lambda x: x, x), None
 
   x, _ = jax.lax.scan(body, x_T, (t_model, abar, abar_prev, keys, mask))
+  return x
+
+
+def ddim_invert(model_fn: Callable, x0, timesteps, *, num_timesteps: int = 1000,
+                schedule="linear"):
+  """Deterministic DDIM inversion: x0 carried up to the highest of `timesteps`.
+
+  The reverse of `ddim_sample` with eta 0 and no clipping: each step goes from one
+  level of the respaced chain to the next noisier one with `ddim_step`, eps taken
+  from the model at the current (less noisy) state and the step's timestep, the
+  usual approximation (Song et al. 2021, exact when eps does not depend on x, and
+  as the steps shrink).
+
+  Args:
+    model_fn: `model_fn(x, t)`, x (N, H, W, C), t int32 (N,); raw model output.
+    x0: (N, H, W, C) clean images.
+    timesteps, num_timesteps, schedule: as in `ddim_sample` (same chain).
+
+  Returns:
+    (N, H, W, C) state at max(timesteps), from which `ddim_sample(..., clip_denoised=False)`
+    returns about x0.
+  """
+  if x0.ndim != 4:
+    raise ShapeError(f"x0 has shape {x0.shape}; expected (N, H, W, C).")
+  t_model, ac, ac_prev = ddim_tables(timesteps, num_timesteps=num_timesteps, schedule=schedule)
+  n = x0.shape[0]
+
+  def body(x, inp):
+    t, a, a_lower = inp
+    eps = split_eps(model_fn(x, jnp.full((n,), t, jnp.int32)), x.shape[-1])
+    return ddim_step(x, eps, a_lower, a, clip=False, keep_eps=True)[0], None
+
+  x, _ = jax.lax.scan(body, x0, (jnp.asarray(t_model), jnp.asarray(ac), jnp.asarray(ac_prev)))
   return x

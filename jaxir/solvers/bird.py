@@ -45,12 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxir.diffusion.ddim import ddim_sample
+from jaxir.diffusion.ddim import ddim_invert, ddim_sample
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.solvers.common import callable_module, preset
 
 __all__ = ["BIRDConfig", "BIRDInfo", "BIRDState", "BIRD_PRESETS", "bird_preset",
-           "bird_timesteps", "bird_nfe", "generate", "project_sphere", "bird_optimizers",
+           "bird_timesteps", "bird_nfe", "generate", "invert", "project_sphere", "bird_optimizers",
            "bird_init", "bird_step", "bird"]
 
 
@@ -72,6 +72,11 @@ class BIRDConfig:
       the final one (jaxir option; off as in the official code).
     norm_eps: added to ||z||^2 before the square root in the projection
       (official: 1e-9).
+    z_init: "noise" (official: z ~ N(0, I) from the key) or "inversion" (jaxir
+      option: z = the deterministic DDIM inversion (`ddim_invert`, same
+      timesteps) of a first estimate, put on the sphere: y itself when it has the
+      image's shape (deblurring, denoising, inpainting), else the operator's
+      pseudo-inverse of y; len(timesteps) more U-Net calls).
   """
   iterations: int = 200
   lr_z: float = 0.003
@@ -80,8 +85,11 @@ class BIRDConfig:
   grad_through_unet: bool = False
   best_loss: bool = False
   norm_eps: float = 1e-9
+  z_init: str = "noise"  # official blind_deblurring.py: torch.randn
 
   def __post_init__(self):
+    if self.z_init not in ("noise", "inversion"):
+      raise ConfigError(f"BIRD z_init must be 'noise' or 'inversion'; got {self.z_init!r}.")
     if self.iterations < 1 or self.delta_t < 1:
       raise ConfigError(f"BIRD needs iterations >= 1 and delta_t >= 1; got "
                         f"iterations={self.iterations}, delta_t={self.delta_t}.")
@@ -127,8 +135,10 @@ def bird_timesteps(delta_t: int, num_timesteps: int = 1000) -> np.ndarray:
 
 
 def bird_nfe(config: BIRDConfig, num_timesteps: int = 1000) -> int:
-  """U-Net calls of one solve: n per chain, N + 1 chains (1010 for the N = 100 preset)."""
-  return (config.iterations + 1) * len(bird_timesteps(config.delta_t, num_timesteps))
+  """U-Net calls of one solve: n per chain, N + 1 chains (1010 for the N = 100 preset),
+  n more with `z_init="inversion"`."""
+  n = len(bird_timesteps(config.delta_t, num_timesteps))
+  return (config.iterations + 1 + (config.z_init == "inversion")) * n
 
 
 def _model_fn(prior, grad_through_unet: bool):
@@ -156,6 +166,27 @@ def generate(prior, z, config: BIRDConfig = BIRDConfig()):
   x = ddim_sample(_model_fn(prior, config.grad_through_unet), z[None], ts, eta=0.0,
                   clip_denoised=True, num_timesteps=T, schedule=prior.schedule)
   return x[0]
+
+
+def invert(prior, x, config: BIRDConfig = BIRDConfig()):
+  """z whose g(z) is about x: `ddim_invert` of x (H, W, C) over g's timesteps (no gradient)."""
+  if x.ndim != 3:
+    raise ShapeError(f"invert takes one image (H, W, C), got {x.shape}; batch with jax.vmap.")
+  T = prior.schedule.num_timesteps
+  model = lambda v, t: jax.lax.stop_gradient(prior.model(v, t))
+  return ddim_invert(model, x[None], bird_timesteps(config.delta_t, T), num_timesteps=T,
+                     schedule=prior.schedule)[0]
+
+
+def _first_estimate(y, op, shape):
+  """y when it has the image's shape, else op.pinv(y) (for `z_init="inversion"`)."""
+  if tuple(jnp.shape(y)) == tuple(shape):
+    return jnp.clip(y, -1.0, 1.0)
+  if not hasattr(op, "pinv"):
+    raise ConfigError(f"z_init='inversion' needs a first image estimate: y has shape "
+                      f"{tuple(jnp.shape(y))}, not the image's {tuple(shape)}, and "
+                      f"{type(op).__name__} has no pinv. Use z_init='noise'.")
+  return jnp.clip(op.pinv(y), -1.0, 1.0)
 
 
 def project_sphere(z, radius, eps: float = 1e-9):
@@ -256,7 +287,11 @@ def bird(key, y, degradation, prior, config: BIRDConfig = BIRDConfig()):
   if tuple(jnp.shape(y)) != tuple(op0.out_shape):
     raise ShapeError(f"y has shape {tuple(jnp.shape(y))}; the degradation maps {shape} images "
                      f"to {tuple(op0.out_shape)}. BIRD takes one measurement: jax.vmap a batch.")
-  z0 = jax.random.normal(kz, shape, jnp.float32)
+  if config.z_init == "inversion":
+    z0 = project_sphere(invert(prior, _first_estimate(y, op0, shape), config),
+                        math.sqrt(math.prod(shape)), config.norm_eps)
+  else:
+    z0 = jax.random.normal(kz, shape, jnp.float32)
   state = bird_init(z0, eta0, config, degradation)
   best0 = (jnp.asarray(jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32), eta0,
            jnp.asarray(0, jnp.int32))
