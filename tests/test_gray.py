@@ -239,7 +239,9 @@ def test_solvers_on_one_channel_under_jit_and_vmap(tiny_grey_prior, solver):
   assert xb.shape == (2, 16, 16, 1) and bool(jnp.all(jnp.isfinite(xb)))
   assert int(np.asarray(info.nfe)[0]) > 0
   swapped, _ = run(keys[::-1], jnp.stack(ys[::-1]), stack_operators(ops[::-1]), prior, cfg)
-  np.testing.assert_allclose(swapped[::-1], xb, atol=1e-5)
+  # Lanes agree to float32 rounding, which DPS's step normalized by ||y - A x0|| can grow
+  # (2.7e-5 once in a fresh CI environment, 2026-12-01); the lanes differ by > 1e-2.
+  np.testing.assert_allclose(swapped[::-1], xb, atol=1e-4)
   assert float(jnp.max(jnp.abs(xb[0] - xb[1]))) > 1e-2
 
 
