@@ -169,7 +169,8 @@ def generate(prior, z, config: BIRDConfig = BIRDConfig()):
 
 
 def invert(prior, x, config: BIRDConfig = BIRDConfig()):
-  """z whose g(z) is about x: `ddim_invert` of x (H, W, C) over g's timesteps (no gradient)."""
+  """z whose g(z) is about x: `ddim_invert` of x (H, W, C) over g's timesteps (U-Net output
+  held constant under differentiation, as in g's official gradient path)."""
   if x.ndim != 3:
     raise ShapeError(f"invert takes one image (H, W, C), got {x.shape}; batch with jax.vmap.")
   T = prior.schedule.num_timesteps
