@@ -60,8 +60,10 @@ Output folder:
 Resuming: rerunning the same command reads `results.jsonl` and skips every
 (task, solver, image, seed) already there; a line cut off by a kill is dropped.
 More images, seeds, tasks or solvers extend a folder. A changed setup (prior,
-image set, metrics) or a row whose resolved config changed is refused with the
-difference named: give the row a new `label`, or use a new folder.
+its weights' fingerprint `weights_id`, image set, metrics) or a row whose resolved
+config changed is refused with the difference named: give the row a new `label`, or
+use a new folder. (Folders written before 2026-12-01 carry no fingerprint and are
+taken as made with the current weights.)
 
 Keys: the measurement of image i in task T with seed s uses the key
 fold_in(fold_in(fold_in(key(s), crc32(T)), i), 0) (operator draws and noise;
@@ -721,10 +723,42 @@ def _hash(obj) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _file_id(path: Path) -> str:
+  """sha256 (16 hex digits) of a file's size and first 64 MiB: weights change, it changes."""
+  h = hashlib.sha256(str(path.stat().st_size).encode())
+  with open(path, "rb") as f:
+    h.update(f.read(64 << 20))
+  return h.hexdigest()[:16]
+
+
+def weights_id(prior: PriorSpec) -> str | None:
+  """A fingerprint of the weights a prior spec loads (None: analytic, or not found).
+
+  A shipped prior's `.safetensors` in `jaxir.models.checkpoint_dir()` (so
+  `JAXIR_CHECKPOINTS` counts), or the `checkpoint` file or folder (its files'
+  fingerprints, by name). Part of an experiment's setup, so a results folder made with
+  other weights under the same prior name is refused instead of silently resumed.
+  """
+  from jaxir.models import SHIPPED, checkpoint_dir
+  if prior.analytic is not None:
+    return None
+  if prior.checkpoint is not None:
+    path = Path(prior.checkpoint).expanduser()
+    if path.is_dir():
+      files = sorted(q for q in path.rglob("*") if q.is_file())
+      return _hash({str(q.relative_to(path)): _file_id(q) for q in files})
+    return _file_id(path) if path.is_file() else None
+  if prior.name in SHIPPED:
+    path = checkpoint_dir() / f"{prior.name}.safetensors"
+    return _file_id(path) if path.is_file() else None
+  return None
+
+
 def _setup(config: ExperimentConfig) -> dict:
   images = dataclasses.asdict(config.images)
   images.pop("count")
-  return json.loads(json.dumps({"prior": dataclasses.asdict(config.prior), "images": images,
+  prior = dict(dataclasses.asdict(config.prior), weights=weights_id(config.prior))
+  return json.loads(json.dumps({"prior": prior, "images": images,
                                "metrics": list(config.metrics)}))  # as read back from JSON
 
 
@@ -872,6 +906,8 @@ class ResultStore:
       raise ConfigError(f"{self.out} holds results.jsonl but no manifest.json, so its setting "
                         "is unknown; use a new --out folder.")
     if old is not None:
+      if "weights" not in old["setup"]["prior"]:  # folders written before weights were recorded
+        old["setup"]["prior"]["weights"] = setup["prior"]["weights"]
       if old["setup"] != setup:
         a, b = _flat(old["setup"]), _flat(setup)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

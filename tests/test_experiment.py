@@ -266,3 +266,32 @@ def test_bird_tasks_and_what_runs_on_them():
   # BIRD runs its official preset for each protocol task (overrides on top)
   by = {(r.task.label, r.solver.label): r.config for r in rows}
   assert by[("blind_gauss", "bird")].lr_eta == 2e-4 and by[("bird_sr8", "bird")].lr_z == 1e-3
+
+
+def test_changed_weights_under_the_same_prior_name_are_refused(tmp_path, monkeypatch):
+  """A results folder remembers the prior's weights: new weights under the same shipped name
+  (here via JAXIR_CHECKPOINTS) are refused, not silently resumed; the same weights pass."""
+  ckpt = tmp_path / "ckpt"
+  ckpt.mkdir()
+  monkeypatch.setenv("JAXIR_CHECKPOINTS", str(ckpt))
+  (ckpt / "natural64.safetensors").write_bytes(b"weights one")
+  spec = E.PriorSpec(name="natural64")
+  setup = lambda: {"prior": dict(vars(spec), weights=E.weights_id(spec)), "images": {},
+                   "metrics": ["psnr"]}
+  first = setup()
+  assert first["prior"]["weights"] and E.weights_id(E.PriorSpec(analytic="smooth_gaussian")) \
+      is None
+  store = E.ResultStore(tmp_path / "out")
+  store.check(first, [])
+  E.ResultStore(tmp_path / "out").check(setup(), [])        # same weights: accepted
+  (ckpt / "natural64.safetensors").write_bytes(b"weights two")
+  assert E.weights_id(spec) != first["prior"]["weights"]
+  with pytest.raises(ConfigError, match=r"another setup \(changed: prior.weights\)"):
+    E.ResultStore(tmp_path / "out").check(setup(), [])
+  # A checkpoint folder: its files' fingerprints, so a changed file changes it.
+  folder = tmp_path / "conv"
+  folder.mkdir()
+  (folder / "params.safetensors").write_bytes(b"a")
+  a = E.weights_id(E.PriorSpec(name="ffhq256_dps", checkpoint=str(folder)))
+  (folder / "params.safetensors").write_bytes(b"b")
+  assert a != E.weights_id(E.PriorSpec(name="ffhq256_dps", checkpoint=str(folder)))
