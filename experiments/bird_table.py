@@ -141,6 +141,10 @@ def main(argv=None) -> int:
   ap.add_argument("--z-init", default="noise", choices=["noise", "inversion", "both"],
                   help="z start of the main rows: official noise, DDIM inversion of a first "
                        "estimate (BIRDConfig.z_init), or both (inversion rows added)")
+  ap.add_argument("--radius", default="sqrt_d", choices=["sqrt_d", "init"],
+                  help="sphere of the main rows' inversion starts (BIRDConfig.radius): the "
+                       "official sqrt(d), or the inverted latent's own norm")
+  ap.add_argument("--delta-t", type=int, default=None, help="override the main rows' delta_t")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--out", default=None, help="write results.json and table.md here")
   args = ap.parse_args(argv)
@@ -161,7 +165,7 @@ def main(argv=None) -> int:
 
   def cfg(preset, **kw):
     over = {k: v for k, v in (("iterations", args.iterations), ("lr_z", args.lr_z),
-                              ("lr_eta", args.lr_eta)) if v}
+                              ("lr_eta", args.lr_eta), ("delta_t", args.delta_t)) if v}
     return bird_preset(preset, **{**over, **kw})
 
   rows = []
@@ -169,8 +173,11 @@ def main(argv=None) -> int:
   for task in args.tasks.split(","):
     preset = make_task(task, keys[0], xs[0], ksize)[3]
     for z_init in inits:
-      label = task + (" (z: inversion)" if z_init == "inversion" else "")
-      rows.append(run_row(label, task, xs, keys, prior, cfg(preset, z_init=z_init), ksize, lp))
+      radius = args.radius if z_init == "inversion" else "sqrt_d"
+      label = task + (" (z: inversion)" if z_init == "inversion" else "") + \
+          (", radius: init" if radius == "init" else "")
+      rows.append(run_row(label, task, xs, keys, prior, cfg(preset, z_init=z_init, radius=radius),
+                          ksize, lp))
   if args.paths:
     rows.append(run_row("blind_gauss full-grad", "blind_gauss", xs, keys, prior,
                         cfg("blind_deblur", grad_through_unet=True), ksize, lp))

@@ -229,3 +229,27 @@ def test_inversion_start_fits_from_the_first_step(problem):
   assert int(inv.nfe) == bird_nfe(cfg) == bird_nfe(SMALL) + len(bird_timesteps(cfg.delta_t))
   with pytest.raises(ConfigError, match="z_init"):
     BIRDConfig(z_init="zeros")
+
+
+def test_radius_init_keeps_the_inverted_norm(problem):
+  # radius="init": the inversion start is not rescaled, so with the const-eps prior (where
+  # g(invert(x)) = x exactly) the first loss is the exact fit, zero up to rounding, while the
+  # sqrt(d) sphere moves it; z keeps its initial norm after every step.
+  from jaxir.operators.denoise import Identity
+  from jaxir.priors.base import make_prior
+  prior, x_true, _, _ = problem
+  c = jax.random.normal(jax.random.key(7), (H, H, 1))
+  const = make_prior(lambda p, x, t: jnp.broadcast_to(p, x.shape), c)
+  y = jnp.clip(x_true[0], -0.9, 0.9)
+  known = NonBlind(Identity((H, H, 1)))
+  cfg = dataclass_replace(SMALL, z_init="inversion", radius="init", iterations=5)
+  z_inv = bird_mod.invert(const, y, cfg)
+  _, info = jax.jit(functools.partial(bird, prior=const, config=cfg))(jax.random.key(0), y, known)
+  _, sph = jax.jit(functools.partial(bird, prior=const, config=dataclass_replace(
+      cfg, radius="sqrt_d")))(jax.random.key(0), y, known)
+  assert float(info.loss[0]) < 1e-8 < float(sph.loss[0])
+  r = float(jnp.linalg.norm(z_inv))
+  assert abs(r - H) > 1e-3 * H  # the inverted latent is off the sqrt(d) sphere here
+  assert abs(float(jnp.linalg.norm(info.z)) - r) <= 1e-4 * r
+  with pytest.raises(ConfigError, match="radius"):
+    BIRDConfig(radius="unit")

@@ -77,6 +77,12 @@ class BIRDConfig:
       timesteps) of a first estimate, put on the sphere: y itself when it has the
       image's shape (deblurring, denoising, inpainting), else the operator's
       pseudo-inverse of y; len(timesteps) more U-Net calls).
+    radius: the sphere z is kept on: "sqrt_d" (paper and official: ||z|| =
+      sqrt(d) after every step) or "init" (jaxir option: the norm of the initial
+      z, kept; with `z_init="inversion"` the inverted latent is then not rescaled.
+      Inversions of photos land at 0.94-0.98 sqrt(d), and putting them on the
+      sqrt(d) sphere costs g about 6-10 dB on natural64, because the first DDIM
+      step divides by sqrt(abar_t) ~ 0.01-0.02).
   """
   iterations: int = 200
   lr_z: float = 0.003
@@ -86,10 +92,13 @@ class BIRDConfig:
   best_loss: bool = False
   norm_eps: float = 1e-9
   z_init: str = "noise"  # official blind_deblurring.py: torch.randn
+  radius: str = "sqrt_d"  # official: z * sqrt(d) / ||z|| after every step
 
   def __post_init__(self):
     if self.z_init not in ("noise", "inversion"):
       raise ConfigError(f"BIRD z_init must be 'noise' or 'inversion'; got {self.z_init!r}.")
+    if self.radius not in ("sqrt_d", "init"):
+      raise ConfigError(f"BIRD radius must be 'sqrt_d' or 'init'; got {self.radius!r}.")
     if self.iterations < 1 or self.delta_t < 1:
       raise ConfigError(f"BIRD needs iterations >= 1 and delta_t >= 1; got "
                         f"iterations={self.iterations}, delta_t={self.delta_t}.")
@@ -202,24 +211,27 @@ def bird_optimizers(config: BIRDConfig, degradation):
 
 
 class BIRDState(NamedTuple):
-  """Optimization state: latent z (H, W, C), parameters eta, the two Adam states."""
+  """Optimization state: latent z (H, W, C), parameters eta, the two Adam states, and the
+  sphere's radius (None: sqrt(d))."""
   z: jax.Array
   eta: Any
   opt_z: Any
   opt_eta: Any
+  radius: Any = None
 
 
 def bird_init(z, eta, config: BIRDConfig, degradation) -> BIRDState:
-  """State at given z and eta (fresh Adam moments)."""
+  """State at given z and eta (fresh Adam moments; the radius ||z|| with `radius="init"`)."""
   oz, oe = bird_optimizers(config, degradation)
-  return BIRDState(z, eta, oz.init(z), oe.init(eta))
+  radius = jnp.sqrt(jnp.sum(z * z)) if config.radius == "init" else None
+  return BIRDState(z, eta, oz.init(z), oe.init(eta), radius)
 
 
 def bird_step(state: BIRDState, y, degradation, prior, config: BIRDConfig):
   """One BIRD iteration, in the official order.
 
   x0 = g(z); loss = degradation.loss(eta, x0, y); one Adam step on z and on
-  eta from the loss's gradients; z rescaled to norm sqrt(d).
+  eta from the loss's gradients; z rescaled to norm sqrt(d) (or the state's radius).
 
   Returns:
     (new_state, loss, x0): loss and x0 of the state given (before the step).
@@ -234,9 +246,10 @@ def bird_step(state: BIRDState, y, degradation, prior, config: BIRDConfig):
       state.z, state.eta)
   uz, opt_z = oz.update(gz, state.opt_z, state.z)
   ue, opt_eta = oe.update(ge, state.opt_eta, state.eta)
-  z = project_sphere(optax.apply_updates(state.z, uz), math.sqrt(state.z.size), config.norm_eps)
+  radius = math.sqrt(state.z.size) if state.radius is None else state.radius
+  z = project_sphere(optax.apply_updates(state.z, uz), radius, config.norm_eps)
   eta = optax.apply_updates(state.eta, ue)
-  return BIRDState(z, eta, opt_z, opt_eta), loss, x0
+  return BIRDState(z, eta, opt_z, opt_eta, state.radius), loss, x0
 
 
 class BIRDInfo(NamedTuple):
@@ -289,8 +302,9 @@ def bird(key, y, degradation, prior, config: BIRDConfig = BIRDConfig()):
     raise ShapeError(f"y has shape {tuple(jnp.shape(y))}; the degradation maps {shape} images "
                      f"to {tuple(op0.out_shape)}. BIRD takes one measurement: jax.vmap a batch.")
   if config.z_init == "inversion":
-    z0 = project_sphere(invert(prior, _first_estimate(y, op0, shape), config),
-                        math.sqrt(math.prod(shape)), config.norm_eps)
+    z0 = invert(prior, _first_estimate(y, op0, shape), config)
+    if config.radius == "sqrt_d":
+      z0 = project_sphere(z0, math.sqrt(math.prod(shape)), config.norm_eps)
   else:
     z0 = jax.random.normal(kz, shape, jnp.float32)
   state = bird_init(z0, eta0, config, degradation)
