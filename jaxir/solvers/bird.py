@@ -211,27 +211,25 @@ def bird_optimizers(config: BIRDConfig, degradation):
 
 
 class BIRDState(NamedTuple):
-  """Optimization state: latent z (H, W, C), parameters eta, the two Adam states, and the
-  sphere's radius (None: sqrt(d))."""
+  """Optimization state: latent z (H, W, C), parameters eta, the two Adam states."""
   z: jax.Array
   eta: Any
   opt_z: Any
   opt_eta: Any
-  radius: Any = None
 
 
 def bird_init(z, eta, config: BIRDConfig, degradation) -> BIRDState:
-  """State at given z and eta (fresh Adam moments; the radius ||z|| with `radius="init"`)."""
+  """State at given z and eta (fresh Adam moments)."""
   oz, oe = bird_optimizers(config, degradation)
-  radius = jnp.sqrt(jnp.sum(z * z)) if config.radius == "init" else None
-  return BIRDState(z, eta, oz.init(z), oe.init(eta), radius)
+  return BIRDState(z, eta, oz.init(z), oe.init(eta))
 
 
 def bird_step(state: BIRDState, y, degradation, prior, config: BIRDConfig):
   """One BIRD iteration, in the official order.
 
   x0 = g(z); loss = degradation.loss(eta, x0, y); one Adam step on z and on
-  eta from the loss's gradients; z rescaled to norm sqrt(d) (or the state's radius).
+  eta from the loss's gradients; z rescaled to norm sqrt(d) (`radius="init"`: to the norm
+  it had, which every step keeps, so it stays the initial z's).
 
   Returns:
     (new_state, loss, x0): loss and x0 of the state given (before the step).
@@ -246,10 +244,10 @@ def bird_step(state: BIRDState, y, degradation, prior, config: BIRDConfig):
       state.z, state.eta)
   uz, opt_z = oz.update(gz, state.opt_z, state.z)
   ue, opt_eta = oe.update(ge, state.opt_eta, state.eta)
-  radius = math.sqrt(state.z.size) if state.radius is None else state.radius
+  radius = math.sqrt(state.z.size) if config.radius == "sqrt_d" else jnp.linalg.norm(state.z)
   z = project_sphere(optax.apply_updates(state.z, uz), radius, config.norm_eps)
   eta = optax.apply_updates(state.eta, ue)
-  return BIRDState(z, eta, opt_z, opt_eta, state.radius), loss, x0
+  return BIRDState(z, eta, opt_z, opt_eta), loss, x0
 
 
 class BIRDInfo(NamedTuple):
