@@ -57,7 +57,8 @@ import numpy as np
 
 from jaxir.errors import ConfigError
 
-__all__ = ["BicubicConfig", "WienerConfig", "TVConfig", "BM3DConfig", "ClassicalInfo",
+__all__ = ["MeasurementConfig", "BicubicConfig", "WienerConfig", "TVConfig", "BM3DConfig",
+           "ClassicalInfo",
            "ClassicalSpec", "CLASSICAL", "WIENER_NSR", "TV_WEIGHT", "get_method",
            "method_names", "bicubic_upsample", "blur_transfer", "gradient_symbol", "wiener_filter",
            "wiener_deconvolve", "image_grad", "image_div", "tv_norm", "tv_objective",
@@ -65,6 +66,15 @@ __all__ = ["BicubicConfig", "WienerConfig", "TVConfig", "BM3DConfig", "Classical
 
 
 # ------------------------------------------------------------------------------ configs
+
+@dataclasses.dataclass(frozen=True)
+class MeasurementConfig:
+  """The measurement itself, clipped to [-1, 1], as the restored image (no parameters).
+
+  Applies where y is an image of the unknown's shape (blur, blind blur, denoising,
+  inpainting): the row every method must beat ("PSNR in").
+  """
+
 
 @dataclasses.dataclass(frozen=True)
 class BicubicConfig:
@@ -484,6 +494,12 @@ def _info(operator, x, y):
   return ClassicalInfo(nfe=jnp.asarray(0, jnp.int32), residual=res)
 
 
+def _measurement_fn(key, y, operator, prior, config: MeasurementConfig):
+  del key, prior, config
+  x = jnp.clip(y, -1.0, 1.0)
+  return x, _info(operator, x, y)
+
+
 def _bicubic_fn(key, y, operator, prior, config: BicubicConfig):
   del key, prior
   x = bicubic_upsample(y, _sr_shape(operator), config.method)
@@ -528,6 +544,14 @@ def _is_blur(operator) -> bool:
   return isinstance(_unwrap(operator), (Blur, CircularBlur, SeparableBlur))
 
 
+def _measures_image(operator) -> bool:
+  """Whether y is an image of x's shape (blurs, blind blur and denoising, inpainting)."""
+  from jaxir.operators.blind import BlindBlur, BlindDenoise
+  from jaxir.operators.inpaint import Inpaint
+  return _is_blur(operator) or _is_identity(operator) or \
+      isinstance(_unwrap(operator), (Inpaint, BlindBlur, BlindDenoise))
+
+
 def _is_linear(operator) -> bool:
   from jaxir.operators.base import Operator
   op = _unwrap(operator)
@@ -544,7 +568,7 @@ class ClassicalSpec:
   """A classical method in the solver registry's shape (`jaxir.solvers.registry.SolverSpec`).
 
   Attributes:
-    name: row name ("bicubic", "wiener", "tv", "bm3d").
+    name: row name ("measurement", "bicubic", "wiener", "tv", "bm3d").
     fn: `fn(key, y, operator, prior, config) -> (x, ClassicalInfo)`, one image.
     config_cls: the config dataclass.
     make_config: `make_config(task, sigma_y, prior) -> config`, the task's parameters
@@ -585,6 +609,9 @@ class ClassicalSpec:
 
 
 CLASSICAL: dict[str, ClassicalSpec] = {s.name: s for s in [
+    ClassicalSpec("measurement", _measurement_fn, MeasurementConfig,
+                  lambda task, s, prior=None: MeasurementConfig(), _measures_image,
+                  "the measurement itself (image-shaped measurements): the row to beat"),
     ClassicalSpec("bicubic", _bicubic_fn, BicubicConfig,
                   lambda task, s, prior=None: BicubicConfig(),
                   lambda op: _sr_shape(op) is not None,

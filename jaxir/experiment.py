@@ -34,7 +34,8 @@ solvers (registry solvers of `jaxir.solvers.registry` and the classical rows of
     # label = "sr4"              # the row name (to run one task at two noise levels)
 
     [[solvers]]
-    name = "dcdp"                # registry solver or classical method (bicubic, wiener, tv, bm3d)
+    name = "dcdp"                # registry solver or classical method (measurement: y itself,
+                                 # bicubic, wiener, tv, bm3d)
     # label = "dcdp"             # the row name
     # preset = "sr4"             # a named preset (default: the solver's preset for the task)
     # overrides = { K = 5 }      # config fields, every task
@@ -46,14 +47,17 @@ Output folder:
 
 * `results.jsonl`: one line per (task, solver, image, seed), appended and
   flushed (fsync) as soon as its batch is done: metrics, NFE, seconds, the
-  solver's per-image info scalars, and the hash of the setting that made it.
+  solver's per-image info scalars, the L1 error of an estimated kernel against
+  the true one (`kernel_error`, BIRD's blind tasks), and the hash of the
+  setting that made it.
 * `restored/<task>/<solver>/<image>_s<seed>.png` and
   `inputs/<task>/<image>_s<seed>_measurement.png` (and `_truth.png`): the
   pictures of the figures (8-bit).
 * `manifest.json`: the setup (prior, image set, metrics) and each (task, solver)
   row's resolved config with their hashes; `config.json`: the effective config.
 * `table.md`, `table.csv` (mean and standard deviation over images and seeds of
-  PSNR, SSIM, LPIPS; NFE; seconds per image; images per second) and
+  PSNR, SSIM, LPIPS, the kernel error where there is one; NFE; seconds per
+  image; images per second) and
   `figure_<task>.png` (rows: images; columns: measurement, each method,
   ground truth).
 
@@ -170,6 +174,25 @@ def _odd(v) -> int:
   return max(1, int(round(v)) // 2 * 2 + 1)
 
 
+def _bird_ksize(shape) -> int:
+  return _odd(max(7.0, 41 * min(shape[:2]) / 256))
+
+
+def true_kernel(name: str, key, shape):
+  """(k, k) the true blur kernel of task `name` for an image of `shape` simulated with `key`
+  (as `simulate_task` draws it), or None for tasks without one."""
+  import jax
+  from jaxir.operators.kernels import gaussian_kernel, motion_kernel
+  ksize = _bird_ksize(shape)
+  if name == "blind_motion":
+    return motion_kernel(jax.random.split(key, 3)[0], ksize, 0.5)
+  if name in ("blind_gauss", "known_gauss"):
+    return gaussian_kernel(ksize, ksize / 6.0)
+  if name == "blind_sr4":
+    return gaussian_kernel(ksize, ksize / 8.0)
+  return None
+
+
 def _bird_task(name: str, key, x):
   """(degradation, y) of a BIRD protocol task for one image x (H, W, C)."""
   import jax
@@ -178,22 +201,18 @@ def _bird_task(name: str, key, x):
   from jaxir.operators.blur import Blur
   from jaxir.operators.denoise import Identity
   from jaxir.operators.inpaint import Inpaint
-  from jaxir.operators.kernels import gaussian_kernel, motion_kernel
   from jaxir.operators.noise import bird_noise
   from jaxir.operators.superres import AvgPoolSR
   shape = tuple(x.shape)
-  side = min(shape[:2])
-  ksize = _odd(max(7.0, 41 * side / 256))
-  k_ker, k_code, k_noise = jax.random.split(key, 3)
+  ksize = _bird_ksize(shape)
+  kt = true_kernel(name, key, shape)
+  _, k_code, k_noise = jax.random.split(key, 3)
   if name in ("blind_gauss", "blind_motion", "known_gauss"):
-    kt = motion_kernel(k_ker, ksize, 0.5) if name == "blind_motion" else \
-        gaussian_kernel(ksize, ksize / 6.0)
     y = bird_noise(k_noise, Blur(shape, kt, "zeros").A(x))
     if name == "known_gauss":
       return NonBlind(Blur(shape, kt, "zeros")), y
     return BlindBlur(shape, mlp_kernel(k_code, ksize)), y
   if name == "blind_sr4":
-    kt = gaussian_kernel(ksize, ksize / 8.0)
     return BlindSR(shape, mlp_kernel(k_code, ksize), 4), \
         bird_noise(k_noise, BlurDecimate(shape, kt, 4).A(x))
   if name == "bird_sr8":
@@ -203,6 +222,7 @@ def _bird_task(name: str, key, x):
     return NonBlind(Identity(shape)), jnp.clip(bird_noise(k_noise, x, speckle=0.32, sigma=0.03),
                                                 -1.0, 1.0)
   if name == "bird_inpaint":  # official generate_noisy_image_and_mask: a centred 80/256 box
+    side = min(shape[:2])
     b = _odd(80 * side / 256) - 1
     mask = np.ones(shape[:2], np.float32)
     lo, hi = (side - b) // 2, (side + b) // 2
@@ -1118,6 +1138,13 @@ def run_experiment(config: ExperimentConfig, out=None, *,
       x_hat, info = _gather((x_hat, info))
       x_hat = np.clip(np.asarray(x_hat)[:n], -1.0, 1.0)
       vals = _image_metrics(config.metrics, x_hat, np.stack([xs[i] for i, _ in chunk]), lp)
+      kernel = getattr(info, "kernel", None)
+      if kernel is not None and task.name in BIRD_TASKS:  # estimated against the true one
+        kts = [true_kernel(task.name, _image_key(s, task.label, i, 0), xs.shape[1:])
+               for i, s in chunk]
+        if kts[0] is not None and np.shape(kernel)[1:] == np.shape(kts[0]):
+          vals["kernel_error"] = np.array([np.abs(np.asarray(kernel[j]) - np.asarray(k)).sum()
+                                           for j, k in enumerate(kts)])
       records = []
       for j, (i, s) in enumerate(chunk):
         if writer:
@@ -1186,6 +1213,9 @@ def summarize(config: ExperimentConfig, store: ResultStore, rows: list) -> list[
       v = np.array([r[m] for r in recs if m in r], np.float64)
       d[f"{m}_mean"] = float(np.mean(v)) if v.size else float("nan")
       d[f"{m}_std"] = float(np.std(v)) if v.size else float("nan")
+    ke = np.array([r["kernel_error"] for r in recs if "kernel_error" in r], np.float64)
+    d["kernel_error_mean"] = float(np.mean(ke)) if ke.size else float("nan")
+    d["kernel_error_std"] = float(np.std(ke)) if ke.size else float("nan")
     nfe = [r["nfe"] for r in recs if "nfe" in r]
     d["nfe"] = float(np.mean(nfe)) if nfe else float("nan")
     sec = np.array([r["seconds"] for r in recs], np.float64)
@@ -1220,12 +1250,16 @@ def write_report(config: ExperimentConfig, store: ResultStore, rows: list, skipp
   table = summarize(config, store, rows) if table is None else table
   cols = [("PSNR (dB)", "psnr", 2), ("SSIM", "ssim", 3), ("LPIPS", "lpips", 3)]
   cols = [c for c in cols if c[1] in config.metrics]
+  if any(math.isfinite(r["kernel_error_mean"]) for r in table):
+    cols.append(("kernel err (L1)", "kernel_error", 3))
   devices = sorted({d for r in table for d in r["devices"]})
   lines = [f"# {config.title}", "",
            f"{_describe(config)}; devices: {', '.join(devices) or '-'}. Metrics: mean ± std "
            "over images and seeds (PSNR/SSIM on [0, 1], LPIPS AlexNet); s/img: a batch's solve "
            "time over its images, compilation excluded (column compile s); img/s: images over "
-           f"their total solve time; batch {config.batch}.", "",
+           f"their total solve time; batch {config.batch}." +
+           (" kernel err: sum over taps of |estimated - true kernel| (0 to 2; the blind "
+            "rows)." if any(c[1] == "kernel_error" for c in cols) else ""), "",
            "| task | method | n | " + " | ".join(c[0] for c in cols) +
            " | NFE | s/img | img/s | compile s |",
            "|---" * (len(cols) + 7) + "|"]
@@ -1289,7 +1323,8 @@ def _write_figures(config: ExperimentConfig, store: ResultStore, rows: list):
     return
   seed = config.seeds[0]
   for task in config.tasks:
-    methods = [r.solver.label for r in rows if r.task.label == task.label]
+    methods = [r.solver.label for r in rows if r.task.label == task.label
+               and r.solver.name != "measurement"]  # already the first column
     recs = sorted((r for r in store.records.values()
                    if r.get("task") == task.label and r.get("seed") == seed
                    and r.get("index", 1 << 30) < config.images.count),

@@ -168,6 +168,18 @@ def test_each_method_beats_the_degraded_input_on_a_smooth_image(name, task, sigm
   assert after > before + 1.0, (name, task, after, before)
 
 
+def test_measurement_row_is_the_clipped_measurement():
+  x = smooth_image((32, 32, 1), seed=8)
+  op = Blur(x.shape, gaussian_kernel(9, 2.0))
+  y = op.A(x) + 0.5 * jax.random.normal(jax.random.key(1), x.shape)
+  spec = C.get_method("measurement")
+  out, info = spec.fn(None, y, NonBlind(op), None, spec.config("gaussian_deblur"))
+  np.testing.assert_array_equal(np.asarray(out), np.clip(np.asarray(y), -1, 1))
+  assert int(info.nfe) == 0
+  np.testing.assert_allclose(float(info.residual), float(jnp.linalg.norm(op.A(out) - y)),
+                             rtol=1e-5)
+
+
 def test_bm3d_row_is_optional():
   spec = C.get_method("bm3d")
   op = Identity((32, 32, 1))
@@ -193,6 +205,10 @@ def test_which_operators_each_method_takes():
                  (BlindBlur(s, mlp_kernel(jax.random.key(0), 7)), False)],
       "tv": [(blur, True), (sr, True), (Identity(s), True), (PhaseRetrieval(s), False),
              (BlindBlur(s, mlp_kernel(jax.random.key(0), 7)), False)],
+      "measurement": [(blur, True), (NonBlind(blur), True), (Identity(s), True),
+                      (BlindBlur(s, mlp_kernel(jax.random.key(0), 7)), True),
+                      (Inpaint(s, np.ones(s[:2])), True), (sr, False), (PhaseRetrieval(s), False),
+                      (BlindSR(s, mlp_kernel(jax.random.key(0), 7), 4), False)],
   }
   for name, items in cases.items():
     for op, want in items:

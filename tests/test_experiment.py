@@ -242,7 +242,8 @@ def test_every_shipped_config_loads_and_plans():
     rows, skipped = E.plan_rows(cfg, cfg.prior.image_shape or (32, 32, 3))  # small: fast
     assert rows, f
     for task, method, why in skipped:
-      assert method in ("bicubic", "wiener", "tv", "bm3d"), (f, task, method, why)
+      assert method in ("measurement", "bicubic", "wiener", "tv", "bm3d"), \
+          (f, task, method, why)
 
 
 def test_bird_tasks_and_what_runs_on_them():
@@ -295,3 +296,34 @@ def test_changed_weights_under_the_same_prior_name_are_refused(tmp_path, monkeyp
   a = E.weights_id(E.PriorSpec(name="ffhq256_dps", checkpoint=str(folder)))
   (folder / "params.safetensors").write_bytes(b"b")
   assert a != E.weights_id(E.PriorSpec(name="ffhq256_dps", checkpoint=str(folder)))
+
+
+def test_blind_rows_report_the_kernel_error_and_the_measurement_row(tmp_path):
+  """BIRD's records carry the L1 error of its kernel estimate against the task's true kernel
+  (`true_kernel`, the one `simulate_task` blurs with); the measurement row is y itself."""
+  import jax
+  import numpy as np
+  from jaxir.operators.blur import Blur
+  x = jax.random.uniform(jax.random.key(9), (32, 32, 1), minval=-0.8, maxval=0.8)
+  key = jax.random.key(3)
+  for name in ("blind_gauss", "blind_motion", "known_gauss", "blind_sr4"):
+    assert E.true_kernel(name, key, x.shape).shape == (7, 7)
+  assert E.true_kernel("bird_sr8", key, x.shape) is None
+  deg, y = E.simulate_task("blind_motion", key, x)
+  res = lambda k: float(jnp.linalg.norm(Blur(x.shape, k, "zeros").A(x) - y))
+  other = E.true_kernel("blind_motion", jax.random.key(4), x.shape)
+  assert res(E.true_kernel("blind_motion", key, x.shape)) < 0.6 * res(other)
+  raw = _raw(TINY.replace('name = "gaussian_deblur"', 'name = "blind_gauss"'),
+             solvers=[{"name": "bird", "overrides": {"iterations": 2, "delta_t": 500}},
+                      {"name": "measurement"}], count=2)
+  cfg = E.parse_config(raw)
+  table = E.run_experiment(cfg, tmp_path)
+  recs = [json.loads(line) for line in _lines(tmp_path)]
+  bird = [r for r in recs if r["solver"] == "bird"]
+  meas = [r for r in recs if r["solver"] == "measurement"]
+  assert len(bird) == len(meas) == 2
+  assert all(0.0 <= r["kernel_error"] <= 2.0 for r in bird)
+  assert all("kernel_error" not in r and r["nfe"] == 0 for r in meas)
+  by = {r["method"]: r for r in table}
+  assert np.isfinite(by["bird"]["kernel_error_mean"])
+  assert "kernel err (L1)" in (tmp_path / "table.md").read_text()
