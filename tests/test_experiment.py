@@ -313,17 +313,21 @@ def test_blind_rows_report_the_kernel_error_and_the_measurement_row(tmp_path):
   res = lambda k: float(jnp.linalg.norm(Blur(x.shape, k, "zeros").A(x) - y))
   other = E.true_kernel("blind_motion", jax.random.key(4), x.shape)
   assert res(E.true_kernel("blind_motion", key, x.shape)) < 0.6 * res(other)
-  raw = _raw(TINY.replace('name = "gaussian_deblur"', 'name = "blind_gauss"'),
+  raw = _raw(TINY.replace('name = "gaussian_deblur"', 'name = "blind_gauss"\n[[tasks]]\n'
+                          'name = "known_gauss"'),
              solvers=[{"name": "bird", "overrides": {"iterations": 2, "delta_t": 500}},
                       {"name": "measurement"}], count=2)
   cfg = E.parse_config(raw)
   table = E.run_experiment(cfg, tmp_path)
   recs = [json.loads(line) for line in _lines(tmp_path)]
-  bird = [r for r in recs if r["solver"] == "bird"]
+  bird = [r for r in recs if r["solver"] == "bird" and r["task"] == "blind_gauss"]
   meas = [r for r in recs if r["solver"] == "measurement"]
-  assert len(bird) == len(meas) == 2
+  assert len(bird) == 2 and len(meas) == 4
   assert all(0.0 <= r["kernel_error"] <= 2.0 for r in bird)
   assert all("kernel_error" not in r and r["nfe"] == 0 for r in meas)
-  by = {r["method"]: r for r in table}
-  assert np.isfinite(by["bird"]["kernel_error_mean"])
+  known = [r for r in recs if r["solver"] == "bird" and r["task"] == "known_gauss"]
+  assert len(known) == 2 and all("kernel_error" not in r for r in known)  # nothing estimated
+  by = {(r["task"], r["method"]): r for r in table}
+  assert np.isfinite(by[("blind_gauss", "bird")]["kernel_error_mean"])
+  assert not np.isfinite(by[("known_gauss", "bird")]["kernel_error_mean"])
   assert "kernel err (L1)" in (tmp_path / "table.md").read_text()
