@@ -67,7 +67,8 @@ More images, seeds, tasks or solvers extend a folder. A changed setup (prior,
 its weights' fingerprint `weights_id`, image set, metrics) or a row whose resolved
 config changed is refused with the difference named: give the row a new `label`, or
 use a new folder. (Folders written before 2026-12-01 carry no fingerprint and are
-taken as made with the current weights.)
+taken as made with the current weights; their row hashes, made without it, are
+upgraded in place on the first resume.)
 
 Keys: the measurement of image i in task T with seed s uses the key
 fold_in(fold_in(fold_in(key(s), crc32(T)), i), 0) (operator draws and noise;
@@ -883,6 +884,7 @@ class ResultStore:
     self.manifest = self.out / "manifest.json"
     self.records: dict[str, dict] = {}
     self.dropped_partial = False
+    self._upgraded = False
 
   def read(self) -> dict:
     """Read `results.jsonl` into `records` (a cut-off last line is dropped and cut away)."""
@@ -928,6 +930,7 @@ class ResultStore:
     if old is not None:
       if "weights" not in old["setup"]["prior"]:  # folders written before weights were recorded
         old["setup"]["prior"]["weights"] = setup["prior"]["weights"]
+        self._upgrade(old, setup, pairs)
       if old["setup"] != setup:
         a, b = _flat(old["setup"]), _flat(setup)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -950,9 +953,38 @@ class ResultStore:
                           "another config hash than its row; use a new --out folder.")
     merged.update(pairs)
     if self.writer:
+      if self._upgraded:  # only once every check passed
+        self._rewrite_results()
+        self._upgraded = False
       self.out.mkdir(parents=True, exist_ok=True)
       _write_json(self.manifest, {"version": 1, "setup": setup, "setup_hash": _hash(setup),
                                   "pairs": merged})
+
+  def _upgrade(self, old: dict, setup: dict, pairs: dict):
+    """A folder from before the weights' fingerprint: its rows were hashed without it. Map
+    those hashes to the current ones (same task, solver and config) in the old manifest and
+    in the records, and rewrite `results.jsonl` with them (atomically), so that the folder
+    resumes as if made now, with the current weights (as documented)."""
+    legacy = json.loads(json.dumps(setup))
+    legacy["prior"].pop("weights", None)
+    lh = _hash(legacy)
+    remap = {_hash({"setup": lh, "task": p["task"], "solver": p["solver"],
+                    "config": p["config"]}): p["hash"] for p in pairs.values()}
+    for before in old["pairs"].values():
+      before["hash"] = remap.get(before["hash"], before["hash"])
+    for rec in self.records.values():
+      if rec.get("row_hash") in remap:
+        rec["row_hash"] = remap[rec["row_hash"]]
+        self._upgraded = True
+
+  def _rewrite_results(self):
+    """Write `records` back to `results.jsonl` atomically (after `_upgrade`)."""
+    tmp = self.results.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
+      f.write("".join(json.dumps(r) + "\n" for r in self.records.values()))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, self.results)
 
   def append(self, records: list):
     """Append result lines and flush them to disk."""

@@ -331,3 +331,41 @@ def test_blind_rows_report_the_kernel_error_and_the_measurement_row(tmp_path):
   assert np.isfinite(by[("blind_gauss", "bird")]["kernel_error_mean"])
   assert not np.isfinite(by[("known_gauss", "bird")]["kernel_error_mean"])
   assert "kernel err (L1)" in (tmp_path / "table.md").read_text()
+
+
+def test_a_folder_from_before_the_weights_fingerprint_resumes(tmp_path):
+  """Folders written before the prior's fingerprint was recorded hashed their rows without it:
+  they resume (their rows re-hashed, results.jsonl rewritten once every check passed), and a
+  row whose config really changed is still refused, with nothing rewritten."""
+  cfg = E.parse_config(_raw(TINY, solvers=[{"name": "wiener"}], count=2))
+  E.run_experiment(cfg, tmp_path)
+  # Make it a legacy folder: no weights in the setup, row hashes of the setup without them.
+  man = json.loads((tmp_path / "manifest.json").read_text())
+  man["setup"]["prior"].pop("weights")
+  legacy = E._hash(man["setup"])
+  new_to_old = {}
+  for p in man["pairs"].values():
+    old = E._hash({"setup": legacy, "task": p["task"], "solver": p["solver"],
+                   "config": p["config"]})
+    new_to_old[p["hash"]], p["hash"] = old, old
+  (tmp_path / "manifest.json").write_text(json.dumps(man))
+  recs = [json.loads(line) for line in _lines(tmp_path)]
+  for r in recs:
+    r["row_hash"] = new_to_old[r["row_hash"]]
+  text = "".join(json.dumps(r) + "\n" for r in recs)
+  (tmp_path / "results.jsonl").write_text(text)
+  # A changed config is refused and leaves the folder as it was.
+  changed = E.parse_config(_raw(TINY, solvers=[{"name": "wiener", "overrides": {"nsr": 0.5}}],
+                                count=2))
+  with pytest.raises(ConfigError, match="row gaussian_deblur/wiener was run with another"):
+    E.run_experiment(changed, tmp_path)
+  assert (tmp_path / "results.jsonl").read_text() == text
+  # The same config resumes: nothing recomputed, hashes upgraded, and resumes again.
+  events = []
+  E.run_experiment(cfg, tmp_path, progress=events.append)
+  assert [e["todo"] for e in events if e["event"] == "row"] == [0]
+  after = [json.loads(line) for line in _lines(tmp_path)]
+  assert [r["psnr"] for r in after] == [r["psnr"] for r in recs]
+  assert {r["row_hash"] for r in after} == set(new_to_old)
+  assert "weights" in json.loads((tmp_path / "manifest.json").read_text())["setup"]["prior"]
+  E.run_experiment(cfg, tmp_path)
