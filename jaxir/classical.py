@@ -58,8 +58,7 @@ import numpy as np
 from jaxir.errors import ConfigError
 
 __all__ = ["MeasurementConfig", "BicubicConfig", "WienerConfig", "TVConfig", "BM3DConfig",
-           "ClassicalInfo",
-           "ClassicalSpec", "CLASSICAL", "WIENER_NSR", "TV_WEIGHT", "get_method",
+           "ClassicalInfo", "ClassicalSpec", "CLASSICAL", "WIENER_NSR", "TV_WEIGHT", "get_method",
            "method_names", "bicubic_upsample", "blur_transfer", "gradient_symbol", "wiener_filter",
            "wiener_deconvolve", "image_grad", "image_div", "tv_norm", "tv_objective",
            "tv_denoise", "tv_restore", "operator_norm_sq", "bm3d_available", "bm3d_denoise"]
