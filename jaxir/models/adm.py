@@ -196,7 +196,7 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, emb):
     oc = self.out_channels
-    h = silu(GroupNorm(name="in_layers_0")(x))
+    h = GroupNorm(name="in_layers_0")(x, act=True)
     if self.up:
       h, x = upsample_nearest(h), upsample_nearest(x)
     elif self.down:
@@ -205,11 +205,11 @@ class ResBlock(nn.Module):
     e = nn.Dense(2 * oc if self.use_scale_shift_norm else oc, name="emb_layers_1")(silu(emb))
     e = e.astype(h.dtype)[:, None, None, :]
     if self.use_scale_shift_norm:
-      scale, shift = jnp.split(e, 2, axis=-1)
-      h = GroupNorm(name="out_layers_0")(h) * (1 + scale) + shift
+      # norm(h) * (1 + scale) + shift, then SiLU, as one op (jaxir.models.norm).
+      h = GroupNorm(name="out_layers_0")(h, scale_shift=jnp.split(e, 2, axis=-1), act=True)
     else:
-      h = GroupNorm(name="out_layers_0")(h + e)
-    h = conv2d(oc, self.dtype, "out_layers_3")(silu(h))
+      h = GroupNorm(name="out_layers_0")(h + e, act=True)
+    h = conv2d(oc, self.dtype, "out_layers_3")(h)
     skip = x if x.shape[-1] == oc else conv2d(oc, self.dtype, "skip_connection", kernel=1)(x)
     return skip + h
 
@@ -362,5 +362,5 @@ class ADMUNet(nn.Module):
         idx += 1
 
     h = h.astype(jnp.float32)
-    h = silu(GroupNorm(name="out_0")(h))
+    h = GroupNorm(name="out_0")(h, act=True)
     return conv2d(cfg.out_channels, jnp.float32, "out_2")(h)

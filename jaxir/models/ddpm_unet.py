@@ -157,11 +157,11 @@ class ResnetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb, deterministic=True):
-    h = silu(_norm("norm1")(x.astype(jnp.float32))).astype(self.dtype)
+    h = _norm("norm1")(x.astype(jnp.float32), act=True).astype(self.dtype)
     h = _conv(self.out_channels, 3, self.dtype, "conv1")(h)
     e = nn.Dense(self.out_channels, dtype=self.dtype, name="temb_proj")(silu(temb))
     h = h + e[:, None, None, :]
-    h = silu(_norm("norm2")(h.astype(jnp.float32))).astype(self.dtype)
+    h = _norm("norm2")(h.astype(jnp.float32), act=True).astype(self.dtype)
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
     h = _conv(self.out_channels, 3, self.dtype, "conv2")(h)
     if x.shape[-1] != self.out_channels:
@@ -267,6 +267,6 @@ class DDPMUNet(nn.Module):
       if i != 0:
         h = Upsample(cfg.resamp_with_conv, dtype=dt, name=f"up_{i}_upsample")(h)
 
-    h = silu(_norm("norm_out")(h.astype(jnp.float32))).astype(dt)
+    h = _norm("norm_out")(h.astype(jnp.float32), act=True).astype(dt)
     h = _conv(cfg.out_ch, 3, dt, "conv_out")(h)
     return h.astype(jnp.float32)
