@@ -17,7 +17,7 @@ every image with its own key; compilation excluded from the seconds):
   mask), blind SR x4 (unknown Gaussian kernel, then decimation);
 * the paper's step-size study (delta_t in {50, 100, 200, 250}) and both gradient
   paths (official: U-Net held constant; full: backprop with jax.checkpoint) on
-  blind Gaussian deblur.
+  blind Gaussian deblur, started as the last main row (`--z-init`, `--radius`).
 
 Blur, SR and inpainting measurements get BIRD's noise (`bird_noise`: u (1 + 0.096 g)
 + 0.01 n on [0, 1]). The table gives PSNR / SSIM / LPIPS of the restored images,
@@ -178,13 +178,16 @@ def main(argv=None) -> int:
           (", radius: init" if radius == "init" else "")
       rows.append(run_row(label, task, xs, keys, prior, cfg(preset, z_init=z_init, radius=radius),
                           ksize, lp))
+  # The study rows start as the last main row does (--z-init inversion: from the inversion).
+  study = dict(z_init=inits[-1], radius=args.radius if inits[-1] == "inversion" else "sqrt_d")
+  tag = " (z: inversion)" if inits[-1] == "inversion" else ""
   if args.paths:
-    rows.append(run_row("blind_gauss full-grad", "blind_gauss", xs, keys, prior,
-                        cfg("blind_deblur", grad_through_unet=True), ksize, lp))
+    rows.append(run_row(f"blind_gauss{tag} full-grad", "blind_gauss", xs, keys, prior,
+                        cfg("blind_deblur", grad_through_unet=True, **study), ksize, lp))
   if args.delta_ts and not args.quick:
     for dt in [int(v) for v in args.delta_ts.split(",")]:
-      rows.append(run_row(f"blind_gauss dt={dt}", "blind_gauss", xs, keys, prior,
-                          cfg("blind_deblur", delta_t=dt), ksize, lp))
+      rows.append(run_row(f"blind_gauss{tag} dt={dt}", "blind_gauss", xs, keys, prior,
+                          cfg("blind_deblur", delta_t=dt, **study), ksize, lp))
   head = (f"BIRD on {args.prior}, {xs.shape[0]} held-out images per row, kernel {ksize}x{ksize}, "
           f"device {jax.devices()[0].device_kind}; s/img at batch {xs.shape[0]}, compilation "
           "excluded.\n\n| row | N | delta_t | grad path | PSNR in | PSNR | SSIM | LPIPS | "
