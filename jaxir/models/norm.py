@@ -41,6 +41,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxir.errors import ShapeError
+from jaxir.models.activations import silu
+
 __all__ = ["GroupNorm", "group_norm"]
 
 
@@ -66,11 +69,6 @@ def _layout(h, num_groups: int):
   return axes, count, (n,) + (1,) * len(axes) + (c,)
 
 
-def _silu(z):
-  # jaxir.models.activations.silu's tanh form (kept here so the forward is bit-identical).
-  return z * (0.5 + 0.5 * jnp.tanh(0.5 * z))
-
-
 def _forward(h, gamma, beta, num_groups, epsilon, act):
   axes, count, bshape = _layout(h, num_groups)
   c = h.shape[-1]
@@ -79,7 +77,7 @@ def _forward(h, gamma, beta, num_groups, epsilon, act):
   rstd = _spread(jax.lax.rsqrt(var + epsilon), num_groups, c)                     # (N, C)
   a = rstd * gamma
   z = h * a.reshape(bshape) + (beta - mean * a).reshape(bshape)
-  return (_silu(z) if act else z), (mean, rstd)
+  return (silu(z) if act else z), (mean, rstd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -100,7 +98,7 @@ def _group_norm_bwd(num_groups, epsilon, act, res, dy):
   a = rstd * gamma_nc
   if act:
     z = h * a.reshape(bshape) + (beta - mean * a).reshape(bshape)
-    s = 0.5 + 0.5 * jnp.tanh(0.5 * z)
+    s = 0.5 + 0.5 * jnp.tanh(0.5 * z)  # sigmoid(z), in silu's tanh form
     dz = dy * (s + z * (s - s * s))
   else:
     dz = dy
@@ -139,7 +137,7 @@ def group_norm(x, scale, bias, num_groups: int, epsilon: float, *, act: bool = F
   n, c = h.shape[0], h.shape[-1]
   scale, bias = (jnp.asarray(v, jnp.float32) for v in (scale, bias))
   if scale.shape != bias.shape or scale.shape not in ((c,), (n, c)):
-    raise ValueError(f"scale {scale.shape} and bias {bias.shape} must both be ({c},) or "
+    raise ShapeError(f"scale {scale.shape} and bias {bias.shape} must both be ({c},) or "
                      f"({n}, {c}) for x of shape {x.shape}")
   return _group_norm(h, scale, bias, num_groups, epsilon, act)
 
