@@ -62,6 +62,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 HERE = Path(__file__).resolve().parent
 OUT_DIR = HERE / "results" / "deqir_convergence"
 REPORT = HERE / "results" / "deqir_convergence.md"
+FIGURE = HERE / "results" / "deqir_convergence.png"
+PLOTTED = ("picard", "official", "global", "taa")  # the variants drawn in FIGURE
 TOL = 1e-3  # DeqIR functions/ddim_anderson.py (hard-coded)
 BUDGET = 60  # evaluations ("more iterations": max_iter 60)
 OFFICIAL_EVALS = 15  # DeqIR main.py --max_anderson_iters
@@ -373,10 +375,56 @@ def report(args):
   if checks:
     lines += ["", "Host loop against the library (`jaxir.fixed_point` / `deqir_solve`):", ""]
     lines += [f"- {r['prior']} T={r['T']}: {c}" for r in recs for c in r.get("checks", [])]
+  if plot(recs, FIGURE):
+    lines += ["", f"![residual against map evaluations]({FIGURE.name})"]
   if args.notes and Path(args.notes).exists():
     lines += ["", Path(args.notes).read_text().rstrip()]
   REPORT.write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
+
+
+def curve_evals(name: str, n: int) -> np.ndarray:
+  """Map evaluations at which `solve` recorded its n residuals (see `solve`)."""
+  first = 2 if VARIANTS[name] is None else 3  # Picard: f(X0), then one per step; Anderson: 2
+  return np.arange(first, first + n)
+
+
+def plot(recs, path: Path) -> bool:
+  """Residual against map evaluations, one panel per (prior, T); False without matplotlib."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print(f"matplotlib is not installed: no figure ({path.name}); "
+          "`pip install -e \".[train]\"` adds it.")
+    return False
+  priors = sorted({r["prior"] for r in recs}, key=["gauss", "mnist32", "natural64"].index)
+  Ts = sorted({r["T"] for r in recs})
+  fig, axes = plt.subplots(len(priors), len(Ts), figsize=(3.6 * len(Ts), 2.8 * len(priors)),
+                           sharey=True, squeeze=False)
+  for r in recs:
+    ax = axes[priors.index(r["prior"])][Ts.index(r["T"])]
+    for name in PLOTTED:
+      if name in r["results"]:
+        c = r["results"][name]["curve"]
+        ax.semilogy(curve_evals(name, len(c)), c, label=name, lw=1.3)
+    ax.axhline(TOL, color="k", ls="--", lw=0.8)
+    ax.axvline(r["T"] / 4, color="grey", ls=":", lw=0.8)
+    ax.set_title(f"{r['prior']}, T = {r['T']} ({r['date'][:10]})", fontsize=9)
+    ax.set_xlim(0, max(BUDGET, r["T"] + 1))
+    ax.grid(alpha=0.3)
+  for ax in axes[-1]:
+    ax.set_xlabel("map evaluations")
+  for row in axes:
+    row[0].set_ylabel("relative residual")
+  axes[0][0].legend(fontsize=8)
+  fig.suptitle("DeqIR joint fixed point (SR x4 avg-pool, etw 0.1): dashed = tolerance 1e-3, "
+               "dotted = T/4", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
 
 
 def main(argv=None) -> int:
