@@ -46,6 +46,9 @@ def main(argv=None) -> int:
   ap.add_argument("--lr-schedule", default=None,
                   help="override: constant or cosine (decays over --num-steps)")
   ap.add_argument("--warmup-steps", type=int, default=None, help="override the lr warm-up")
+  ap.add_argument("--snapshot-every", type=int, default=None,
+                  help="also export the EMA weights every N steps to <workdir>/snapshots "
+                  "(for experiments/average_snapshots.py)")
   ap.add_argument("--export-name", default=None,
                   help="file stem of the export (default: the config's name)")
   args = ap.parse_args(argv)
@@ -65,7 +68,7 @@ def main(argv=None) -> int:
                             ("lr_schedule", args.lr_schedule),
                             ("warmup_steps", args.warmup_steps))
           if v is not None}
-  for field in ("num_steps", "log_every", "sample_every"):
+  for field in ("num_steps", "log_every", "sample_every", "snapshot_every"):
     if getattr(args, field) is not None:
       over[field] = getattr(args, field)
   cfg = cfg.replace(**over)

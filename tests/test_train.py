@@ -336,9 +336,32 @@ def test_train_prior_script_passes_its_overrides(tmp_path):
   r = subprocess.run(
       [sys.executable, os.path.join(root, "experiments", "train_prior.py"), "--config", "tiny",
        "--workdir", str(workdir), "--steps", "2", "--learning-rate", "5e-4",
-       "--lr-schedule", "cosine", "--warmup-steps", "1", "--sample-every", "0"],
+       "--lr-schedule", "cosine", "--warmup-steps", "1", "--sample-every", "0",
+       "--snapshot-every", "1"],
       capture_output=True, text=True, timeout=600, cwd=tmp_path)
   assert r.returncode == 0, r.stderr[-2000:]
   rec = json.loads((workdir / "config.json").read_text())
   assert (rec["learning_rate"], rec["lr_schedule"], rec["warmup_steps"]) == (5e-4, "cosine", 1)
   assert (workdir / "export" / "tiny.safetensors").is_file()
+  # EMA snapshots every step, and experiments/average_snapshots.py's uniform average of them.
+  from safetensors.numpy import load_file
+  snaps = [workdir / "snapshots" / f"tiny_{s:07d}.safetensors" for s in (1, 2)]
+  assert all(p.is_file() for p in snaps)
+  a, b = load_file(str(snaps[0])), load_file(str(snaps[1]))
+  assert any(not np.array_equal(a[k], b[k]) for k in a)
+  np.testing.assert_array_equal(load_file(str(workdir / "export" / "tiny.safetensors"))["out.2.weight"],
+                                b["out.2.weight"])
+  sys.path.insert(0, os.path.join(root, "experiments"))
+  try:
+    import average_snapshots
+  finally:
+    sys.path.pop(0)
+  assert average_snapshots.main([str(workdir / "snapshots"), "--out", str(tmp_path / "avg"),
+                                 "--first", "1"]) == 0
+  avg = load_file(str(tmp_path / "avg" / "tiny.safetensors"))
+  for k in a:
+    np.testing.assert_allclose(avg[k], (a[k].astype(np.float64) + b[k]) / 2, rtol=1e-6, atol=1e-7)
+  meta = json.loads((tmp_path / "avg" / "tiny.json").read_text())
+  assert meta["averaged"] == {"steps": [1, 2], "count": 2} and meta["steps"] == 2
+  assert average_snapshots.main([str(workdir / "snapshots"), "--out", str(tmp_path / "none"),
+                                 "--first", "5"]) == 2

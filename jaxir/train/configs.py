@@ -67,6 +67,9 @@ class TrainConfig:
     log_every, eval_every, checkpoint_every, sample_every: intervals in steps
       (0 turns eval / sample grids off).
     keep_checkpoints: orbax checkpoints kept.
+    snapshot_every: every this many steps the EMA weights are also exported to
+      `<workdir>/snapshots/<name>_<step>.safetensors` (kept, for post-hoc weight
+      averaging, `experiments/average_snapshots.py`); 0 (default) writes none.
     sample_count, sample_steps: images in a sample grid, DDIM steps (eta 0).
     eval_count: held-out examples in the fixed-noise evaluation loss.
   """
@@ -97,6 +100,7 @@ class TrainConfig:
   checkpoint_every: int = 500
   sample_every: int = 2000
   keep_checkpoints: int = 2
+  snapshot_every: int = 0
   sample_count: int = 16
   sample_steps: int = 50
   eval_count: int = 256

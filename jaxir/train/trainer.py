@@ -68,7 +68,7 @@ def _check_workdir_config(workdir: str, config: TrainConfig):
   path = os.path.join(workdir, "config.json")
   fixed = lambda d: {k: v for k, v in d.items()
                      if k not in ("num_steps", "log_every", "eval_every", "checkpoint_every",
-                                  "sample_every", "keep_checkpoints")}
+                                  "sample_every", "keep_checkpoints", "snapshot_every")}
   new = json.loads(config.to_json())
   if os.path.exists(path):
     with open(path) as f:
@@ -91,7 +91,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, model=None,
   Files in `workdir`: config.json, checkpoints/ (orbax, each `checkpoint_every`
   steps and at the end), metrics.jsonl (train loss averaged over `log_every`
   steps, steps/s, eval loss of the EMA params on held-out data at fixed noise),
-  samples/step_XXXXXXX.png (DDIM grids from the EMA params, fixed noise).
+  samples/step_XXXXXXX.png (DDIM grids from the EMA params, fixed noise),
+  snapshots/<name>_XXXXXXX.safetensors (EMA exports, if `config.snapshot_every`).
 
   Args:
     config: the run's config.
@@ -176,6 +177,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, model=None,
                 os.path.join(workdir, "samples", f"step_{step:07d}.png"))
     if step % config.checkpoint_every == 0 or last or out_of_time:
       mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+    if config.snapshot_every and step % config.snapshot_every == 0:
+      export_prior(model, state.ema_params, config, os.path.join(workdir, "snapshots"),
+                   name=f"{config.name}_{step:07d}", extra={"steps": step})
     if out_of_time:
       break
   mngr.wait_until_finished()
