@@ -71,8 +71,8 @@ def main(argv=None) -> int:
 
   from safetensors.numpy import save_file
   steps = snapshot_steps(args.snapshots)
-  last = max(steps) if (steps and args.last is None) else args.last
-  chosen = [s for s in steps if args.first <= s <= (last if last is not None else -1)]
+  last = args.last if args.last is not None else max(steps, default=-1)
+  chosen = [s for s in steps if args.first <= s <= last]
   if not chosen:
     print(f"no snapshots in [{args.first}, {last}] in {args.snapshots} (found steps "
           f"{list(steps)[:10]}{'...' if len(steps) > 10 else ''})", file=sys.stderr)

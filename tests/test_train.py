@@ -349,8 +349,8 @@ def test_train_prior_script_passes_its_overrides(tmp_path):
   assert all(p.is_file() for p in snaps)
   a, b = load_file(str(snaps[0])), load_file(str(snaps[1]))
   assert any(not np.array_equal(a[k], b[k]) for k in a)
-  np.testing.assert_array_equal(load_file(str(workdir / "export" / "tiny.safetensors"))["out.2.weight"],
-                                b["out.2.weight"])
+  final = load_file(str(workdir / "export" / "tiny.safetensors"))
+  np.testing.assert_array_equal(final["out.2.weight"], b["out.2.weight"])
   sys.path.insert(0, os.path.join(root, "experiments"))
   try:
     import average_snapshots
