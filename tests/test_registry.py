@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxir.errors import ConfigError
+from jaxir.errors import ConfigError, NaNError, ShapeError
 from jaxir.operators import AvgPoolSR, Blur, CircularBlur, PhaseRetrieval, gaussian_blur
 from jaxir.solvers import ddnm, ddrm
 from jaxir.priors.analytic import gaussian_prior
@@ -98,3 +98,21 @@ def test_each_solver_runs_from_the_registry(name):
   assert xh.shape == (2,) + shape and bool(jnp.all(jnp.isfinite(xh)))
   np.testing.assert_array_equal(np.asarray(xh), np.asarray(xh2))
   assert TINY[name].keys() <= {f.name for f in dataclasses.fields(cfg)}
+
+
+@pytest.mark.parametrize("name", registry.solver_names())
+def test_every_solver_names_a_bad_measurement(name):
+  """A measurement with NaN, or of the wrong shape, stops every solver with a named error
+  before any computation (a concrete y; under jit only the shape can be checked)."""
+  shape = (8, 8, 1)
+  prior = gaussian_prior(jnp.zeros(shape), 0.5 * jnp.ones(shape))
+  op = AvgPoolSR(shape, scale=2)
+  spec = registry.get_solver(name)
+  cfg = spec.config("sr4_avgpool", overrides=TINY[name])
+  y = op.A(0.3 * jax.random.normal(jax.random.key(2), shape))
+  with pytest.raises(NaNError, match="measurement y contains NaN"):
+    spec.fn(jax.random.key(0), y.at[1, 2, 0].set(jnp.nan), op, prior, cfg)
+  with pytest.raises(ShapeError, match=r"y has shape \(1, 4, 4, 1\).*jax.vmap"):
+    spec.fn(jax.random.key(0), y[None], op, prior, cfg)
+  x, _ = jax.jit(spec.fn, static_argnums=4)(jax.random.key(0), y, op, prior, cfg)  # traced y
+  assert x.shape == shape

@@ -47,7 +47,7 @@ import optax
 
 from jaxir.diffusion.ddim import ddim_invert, ddim_sample
 from jaxir.errors import ConfigError, ShapeError
-from jaxir.solvers.common import callable_module, preset
+from jaxir.solvers.common import callable_module, check_measurement, preset
 
 __all__ = ["BIRDConfig", "BIRDInfo", "BIRDState", "BIRD_PRESETS", "bird_preset",
            "bird_timesteps", "bird_nfe", "generate", "invert", "project_sphere", "bird_optimizers",
@@ -296,9 +296,7 @@ def bird(key, y, degradation, prior, config: BIRDConfig = BIRDConfig()):
   eta0 = degradation.init(ke)
   op0 = degradation.operator(eta0)
   shape = tuple(op0.in_shape)
-  if tuple(jnp.shape(y)) != tuple(op0.out_shape):
-    raise ShapeError(f"y has shape {tuple(jnp.shape(y))}; the degradation maps {shape} images "
-                     f"to {tuple(op0.out_shape)}. BIRD takes one measurement: jax.vmap a batch.")
+  check_measurement(y, op0)
   if config.z_init == "inversion":
     z0 = invert(prior, _first_estimate(y, op0, shape), config)
     if config.radius == "sqrt_d":

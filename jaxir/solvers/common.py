@@ -14,6 +14,7 @@ import types
 import jax
 import jax.numpy as jnp
 
+from jaxir.checks import check_finite
 from jaxir.errors import ConfigError, ShapeError
 
 __all__ = ["model_single", "eps_single", "residual_norm", "check_measurement",
@@ -56,13 +57,14 @@ def residual_norm(operator, x, y):
 
 
 def check_measurement(y, operator, name: str = "y"):
-  """Raise `ShapeError` unless y has the operator's output shape (one measurement)."""
+  """Raise `ShapeError` unless y has the operator's output shape (one measurement), and
+  `NaNError` if a concrete y holds NaN or inf (under jit only the shape is checked)."""
   want = tuple(operator.out_shape)
   if tuple(jnp.shape(y)) != want:
     raise ShapeError(f"{name} has shape {tuple(jnp.shape(y))}; the operator maps "
                      f"{tuple(operator.in_shape)} images to {want}. Solvers take one "
                      "measurement: use jax.vmap over a batch.")
-  return y
+  return check_finite(y, f"the measurement {name}")
 
 
 def is_key(a) -> bool:
