@@ -102,8 +102,8 @@ def test_each_solver_runs_from_the_registry(name):
 
 @pytest.mark.parametrize("name", registry.solver_names())
 def test_every_solver_names_a_bad_measurement(name):
-  """A measurement with NaN, or of the wrong shape, stops every solver with a named error
-  before any computation (a concrete y; under jit only the shape can be checked)."""
+  """A measurement with NaN or of the wrong shape, or an operator for another channel count
+  than the prior's, stops every solver with a named error before any computation (a concrete y; under jit only the shape can be checked)."""
   shape = (8, 8, 1)
   prior = gaussian_prior(jnp.zeros(shape), 0.5 * jnp.ones(shape))
   op = AvgPoolSR(shape, scale=2)
@@ -114,5 +114,8 @@ def test_every_solver_names_a_bad_measurement(name):
     spec.fn(jax.random.key(0), y.at[1, 2, 0].set(jnp.nan), op, prior, cfg)
   with pytest.raises(ShapeError, match=r"y has shape \(1, 4, 4, 1\).*jax.vmap"):
     spec.fn(jax.random.key(0), y[None], op, prior, cfg)
+  rgb = AvgPoolSR((8, 8, 3), scale=2)  # a 3-channel operator for the grey prior
+  with pytest.raises(ShapeError, match=r"takes \(8, 8, 3\) images but the prior models 1-ch"):
+    spec.fn(jax.random.key(0), rgb.A(jnp.zeros((8, 8, 3))), rgb, prior, cfg)
   x, _ = jax.jit(spec.fn, static_argnums=4)(jax.random.key(0), y, op, prior, cfg)  # traced y
   assert x.shape == shape

@@ -296,7 +296,7 @@ def bird(key, y, degradation, prior, config: BIRDConfig = BIRDConfig()):
   eta0 = degradation.init(ke)
   op0 = degradation.operator(eta0)
   shape = tuple(op0.in_shape)
-  check_measurement(y, op0)
+  check_measurement(y, op0, prior=prior)
   if config.z_init == "inversion":
     z0 = invert(prior, _first_estimate(y, op0, shape), config)
     if config.radius == "sqrt_d":

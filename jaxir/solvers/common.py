@@ -56,9 +56,15 @@ def residual_norm(operator, x, y):
   return jnp.sqrt(jnp.sum(jnp.real(r * jnp.conj(r))))
 
 
-def check_measurement(y, operator, name: str = "y"):
-  """Raise `ShapeError` unless y has the operator's output shape (one measurement), and
-  `NaNError` if a concrete y holds NaN or inf (under jit only the shape is checked)."""
+def check_measurement(y, operator, name: str = "y", *, prior=None):
+  """Raise `ShapeError` unless y has the operator's output shape (one measurement) and the
+  operator's images have the prior's channel count, and `NaNError` if a concrete y holds
+  NaN or inf (under jit only the shapes are checked)."""
+  shape = getattr(prior, "image_shape", None)
+  if shape is not None and tuple(operator.in_shape)[-1] != shape[-1]:
+    raise ShapeError(f"the operator takes {tuple(operator.in_shape)} images but the prior "
+                     f"models {shape[-1]}-channel images {tuple(shape)}; build the operator "
+                     f"for (H, W, {shape[-1]}) images (e.g. a grey prior takes grey images).")
   want = tuple(operator.out_shape)
   if tuple(jnp.shape(y)) != want:
     raise ShapeError(f"{name} has shape {tuple(jnp.shape(y))}; the operator maps "

@@ -391,7 +391,7 @@ def dcdp(key, y, operator, prior, config: DCDPConfig = DCDPConfig()):
     Li et al., "Decoupled Data Consistency with Diffusion Purification for
     Image Restoration", 2024, Algorithm 1 (pixel space).
   """
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   T = prior.schedule.alphas_cumprod.shape[0]
   if config.T0 > T:
     raise ConfigError(f"T0={config.T0} exceeds the prior's {T} timesteps; lower T0.")

@@ -360,7 +360,7 @@ def ddnm_chain(x_T, y, operator, prior, *, T: int = 25, etw: float = 0.1, nw: fl
   Returns:
     (H, W, C) restored image x_0.
   """
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   if nw != 0.0 and noise is None:
     raise ConfigError("ddnm_chain with nw > 0 needs noise=(H, W, C) standard normal draw.")
   correct = range_space_correction(operator, y)
@@ -404,7 +404,7 @@ def _run(x_T, draws, y, operator, prior, config: DDNMConfig, from_keys: bool):
 def _check(y, operator, prior, config: DDNMConfig):
   if not isinstance(config, DDNMConfig):
     raise ConfigError(f"config must be a DDNMConfig; got {type(config).__name__}.")
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   _check_linear(operator)
   if config.T > prior.schedule.num_timesteps:
     raise ConfigError(f"T={config.T} exceeds the prior's {prior.schedule.num_timesteps} "

@@ -268,7 +268,7 @@ def ddrm_chain(z_T, noises, y, operator, prior, *, steps: int = 20, eta: float =
     (x0, x_T): the chain's output (the last x0_t, passed through V Vᵀ) and its start.
   """
   _check_svd(operator)
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   ac = jnp.asarray(prior.schedule.alphas_cumprod, jnp.float32)
   ts = ddrm_timesteps(steps, prior.schedule.num_timesteps)
   n = math.prod(operator.in_shape)
@@ -313,7 +313,7 @@ def ddrm(key, y, operator, prior, config: DDRMConfig = DDRMConfig()):
     Kawar et al., DDRM, NeurIPS 2022; bahjat-kawar/ddrm `functions/denoising.py`.
   """
   _check_svd(operator)
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   S = ddrm_timesteps(config.steps, prior.schedule.num_timesteps).size
   k_start, k_steps = jax.random.split(key)
   shape = tuple(operator.in_shape)

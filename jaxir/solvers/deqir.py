@@ -242,7 +242,7 @@ def _check_x_T(x_T, operator):
 def solve_slots(x_T, y, operator, prior, config: DeqIRConfig = DeqIRConfig(), *, noise=None,
                 grad="implicit", slot_sharding=None):
   """`deqir_solve` returning all slots: ((T, H, W, C) solution, `DeqIRInfo`)."""
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   _check_linear(operator)
   _check_x_T(x_T, operator)
   ts = deqir_timesteps(config.T, prior.schedule.num_timesteps)
@@ -351,7 +351,7 @@ def deqir(key, y, operator, prior, config: DeqIRConfig = DeqIRConfig(), *, x_gt=
   Returns:
     (x, info): the (H, W, C) restoration and a `DeqIRInfo`.
   """
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   _check_linear(operator)
   x_T, noise = draw_start(key, operator, config.nw)
   losses = jnp.zeros((0,), jnp.float32)

@@ -259,7 +259,7 @@ def diffpir_sample(x_start, key_or_noise, y, operator, prior,
   Returns:
     (H, W, C) the x0 estimate at the last timestep.
   """
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   T = prior.schedule.num_timesteps
   ts = diffpir_timesteps(config.steps, T, config.skip_type, config.t_start)
   ac = prior.schedule.alphas_cumprod
@@ -314,7 +314,7 @@ def diffpir(key, y, operator, prior, config: DiffPIRConfig = DiffPIRConfig()):
   References:
     Zhu et al., DiffPIR, 2023, Algorithm 1; official `main_ddpir_*.py`.
   """
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   T = prior.schedule.num_timesteps
   ts = diffpir_timesteps(config.steps, T, config.skip_type, config.t_start)
   t_start = T - 1 if config.t_start is None else config.t_start

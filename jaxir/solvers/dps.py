@@ -196,7 +196,7 @@ class DPSInfo(NamedTuple):
 
 def _run(x_T, noise_src, y, operator, prior, config: DPSConfig, from_keys: bool,
          trajectory: bool = False):
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   T = prior.schedule.betas.shape[0]
   if config.num_steps > T:
     raise ConfigError(f"num_steps={config.num_steps} exceeds the prior's {T} timesteps.")

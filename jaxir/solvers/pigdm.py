@@ -195,7 +195,7 @@ def pigdm_step(x, t, abar_t, abar_prev, y, operator, prior, config: PiGDMConfig,
 
 
 def _run(x_T, noise, y, operator, prior, config: PiGDMConfig):
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   _check_linear(operator)
   T = prior.schedule.num_timesteps
   if config.steps > T:
@@ -260,7 +260,7 @@ def pigdm(key, y, operator, prior, config: PiGDMConfig = PiGDMConfig()):
   References:
     Song et al., PiGDM, ICLR 2023, Algorithm 1.
   """
-  check_measurement(y, operator)
+  check_measurement(y, operator, prior=prior)
   _check_linear(operator)
   shape = tuple(operator.in_shape)
   k_start, k_steps = jax.random.split(key)
