@@ -170,6 +170,8 @@ def test_bad_inputs_raise_named_errors(fixture_model):
   name, kwargs, model, params, _ = fixture_model
   with pytest.raises(ShapeError, match="NHWC"):
     model.apply(params, jnp.zeros((1, 3, 32, 32)), jnp.zeros((1,), jnp.int32))
+  with pytest.raises(ShapeError, match=r"\(1, 32, 32, 1\); this network takes 3-channel images"):
+    model.apply(params, jnp.zeros((1, 32, 32, 1)), jnp.zeros((1,), jnp.int32))
   with pytest.raises(ShapeError, match="multiples of"):
     model.apply(params, jnp.zeros((1, 31, 31, 3)), jnp.zeros((1,), jnp.int32))
   with pytest.raises(ConfigError, match="class-conditional"):

@@ -282,7 +282,9 @@ class ADMUNet(nn.Module):
     cfg = self.config
     levels = len(cfg.channel_mult)
     if x.ndim != 4 or x.shape[-1] != cfg.in_channels:
-      raise ShapeError(f"x has shape {x.shape}; expected (N, H, W, {cfg.in_channels}) (NHWC).")
+      raise ShapeError(f"x has shape {x.shape}; this network takes {cfg.in_channels}-channel "
+                       f"images, (N, H, W, {cfg.in_channels}) (NHWC): build the operator and "
+                       "images with that channel count.")
     f = 2 ** (levels - 1)
     if x.shape[1] % f or x.shape[2] % f:
       raise ShapeError(f"H, W = {x.shape[1:3]} must be multiples of {f} for {levels} levels; "

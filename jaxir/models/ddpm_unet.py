@@ -230,7 +230,9 @@ class DDPMUNet(nn.Module):
     cfg = self.config
     levels = cfg.num_levels
     if x.ndim != 4 or x.shape[-1] != cfg.in_channels:
-      raise ShapeError(f"x has shape {x.shape}; expected (N, H, W, {cfg.in_channels}) (NHWC).")
+      raise ShapeError(f"x has shape {x.shape}; this network takes {cfg.in_channels}-channel "
+                       f"images, (N, H, W, {cfg.in_channels}) (NHWC): build the operator and "
+                       "images with that channel count.")
     f = 2 ** (levels - 1)
     if x.shape[1] % f or x.shape[2] % f:
       raise ShapeError(f"x is {x.shape[1]}x{x.shape[2]}; H and W must be divisible by {f} "
