@@ -103,7 +103,8 @@ def test_each_solver_runs_from_the_registry(name):
 @pytest.mark.parametrize("name", registry.solver_names())
 def test_every_solver_names_a_bad_measurement(name):
   """A measurement with NaN or of the wrong shape, or an operator for another channel count
-  than the prior's, stops every solver with a named error before any computation (a concrete y; under jit only the shape can be checked)."""
+  than the prior's, stops every solver with a named error before any computation (a concrete
+  y; under jit only the shapes can be checked)."""
   shape = (8, 8, 1)
   prior = gaussian_prior(jnp.zeros(shape), 0.5 * jnp.ones(shape))
   op = AvgPoolSR(shape, scale=2)
