@@ -16,7 +16,7 @@ input *is* the measurement (a noisy, blurred or low-resolution picture; for
 `colorize` a grey picture).
 
 Inputs are read with the prior's channel count (1 for a grey prior, 3 for RGB;
-both shipped priors take 3, mnist32 as grey digits replicated): a colour input
+the shipped mnist32 takes 1, natural64 3): a colour input
 given to a grey prior is converted to grey with the standard luma weights
 (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B), and a grey input given to an RGB
 prior is replicated to three channels. A grey prior writes grey PNGs.
