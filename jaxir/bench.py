@@ -15,8 +15,8 @@ batch size it compiles the same batched program `jaxir restore` runs
   solver back-propagates through the network (`SolveProfile.differentiated`).
 
 The default prior is "random": the architecture of the shipped mnist32 prior
-(1.37M parameters, 32x32) with random weights, since the time does not depend
-on the weights and a wheel does not ship checkpoints.
+(3.16M parameters, 32x32, one channel) with random weights, since the time does
+not depend on the weights.
 """
 from __future__ import annotations
 
@@ -38,9 +38,10 @@ __all__ = ["RANDOM_ARCH", "bench_prior", "run", "markdown", "environment",
            "full_scripts_note"]
 
 #: guided-diffusion create_model arguments of the shipped mnist32 prior (checkpoints/mnist32.json).
-RANDOM_ARCH = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
+RANDOM_ARCH = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2,4",
                    attention_resolutions="8", num_heads=4, num_head_channels=-1,
-                   use_scale_shift_norm=True, resblock_updown=True, learn_sigma=False)
+                   use_scale_shift_norm=True, resblock_updown=True, learn_sigma=False,
+                   in_channels=1)
 
 
 def bench_prior(name: str = "random", checkpoint: str | None = None, size: int | None = None):
@@ -52,7 +53,8 @@ def bench_prior(name: str = "random", checkpoint: str | None = None, size: int |
   if name == "random":
     model = ADMUNet(adm_config(**RANDOM_ARCH))
     side = RANDOM_ARCH["image_size"] if size is None else int(size)
-    params = model.init(jax.random.key(0), jnp.zeros((1, side, side, 3)),
+    params = model.init(jax.random.key(0),
+                        jnp.zeros((1, side, side, RANDOM_ARCH["in_channels"])),
                         jnp.zeros((1,), jnp.int32))
     prior = model_prior(model, params)
   else:

@@ -701,8 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "are experiments/bench_unet.py and bench_solvers.py in a clone.", 88),
                      epilog=registry_text(), formatter_class=raw)
   b.add_argument("--prior", default="random",
-                 help="'random' (mnist32's architecture, random weights: timing does not "
-                      "depend on the weights), a shipped prior, or a named config with "
+                 help="'random' (the shipped mnist32's architecture, random weights: timing "
+                      "does not depend on the weights), a shipped prior, or a named config with "
                       "--checkpoint (default random)")
   b.add_argument("--checkpoint", default=None)
   b.add_argument("--size", type=int, default=None, help="image side (default: the prior's)")
