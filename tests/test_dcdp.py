@@ -195,6 +195,31 @@ def test_for_noise_scales_the_proximal_weight_with_the_noise_variance():
     for_noise(tuned, -0.1)
 
 
+def test_for_noise_keeps_the_data_consistency_phase_stable_at_high_noise():
+  # The mnist32 Gaussian-deblur preset (mu 1 at sigma_y 0.05) scaled to sigma_y 0.1 would take
+  # mu 4, past the heavy-ball limit 2 (1 + momentum) / e - 1 = 2.74 for this step: for_noise
+  # caps it, and the capped phase converges where the uncapped one blows up.
+  from jaxir.solvers.dcdp import stable_mu
+  from jaxir.tasks import make_operator
+  preset = DCDP_PRESETS["mnist32/gaussian_deblur"]
+  cfg = for_noise(preset, 0.1)
+  assert cfg.mu == pytest.approx(stable_mu(preset)) and 1.0 < cfg.mu < 2.74
+  assert for_noise(preset, 0.05).mu == preset.mu                # below the cap: unchanged
+  op = make_operator("gaussian_deblur", jax.random.key(0), (32, 32, 1))
+  x_true = jnp.tanh(jax.random.normal(jax.random.key(1), (32, 32, 1)))
+  y = op.A(x_true) + 0.1 * jax.random.normal(jax.random.key(2), op.out_shape)
+  lr = preset.lr * int(np.prod(op.out_shape)) / preset.lr_size
+  anchor = jnp.zeros((32, 32, 1))
+
+  def run(mu):
+    return data_consistency(anchor, y, op, tau=100, lr=lr, momentum=preset.momentum, mu=mu)
+
+  capped, uncapped = run(cfg.mu), run(4 * preset.mu)
+  assert float(jnp.max(jnp.abs(capped))) < 5.0
+  assert float(jnp.mean((op.A(capped) - y) ** 2)) < float(jnp.mean(y ** 2))
+  assert not float(jnp.max(jnp.abs(uncapped))) < 1e3            # diverged (or NaN)
+
+
 def test_nfe_formula_and_counted_calls(gauss):
   assert dcdp_nfe(DCDPConfig(K=10, T0=400)) == 182
   assert dcdp_nfe(DCDPConfig(K=10, T0=400, tweedie=True)) == 10

@@ -37,8 +37,8 @@ from jaxir.errors import ConfigError
 from jaxir.solvers.common import (callable_module, check_measurement, noise_like, preset,
                                   residual_norm)
 
-__all__ = ["DCDPConfig", "DCDPInfo", "DCDP_PRESETS", "dcdp_preset", "for_noise", "effective_step",
-           "rescale_lr", "dcdp_schedule", "dcdp_nfe", "PurificationTable", "purification_table",
+__all__ = ["DCDPConfig", "DCDPInfo", "DCDP_PRESETS", "dcdp_preset", "for_noise", "stable_mu",
+           "effective_step", "rescale_lr", "dcdp_schedule", "dcdp_nfe", "PurificationTable", "purification_table",
            "purify_row",
            "data_consistency", "purify", "dcdp"]
 
@@ -154,14 +154,36 @@ def for_noise(config: DCDPConfig, sigma_y: float) -> DCDPConfig:
   error of the purified estimate), so a preset tuned with mu > 0 at noise
   `config.sigma_y` > 0 gets mu * (sigma_y / config.sigma_y)^2: mu = 0 without
   noise, which is the official setting. Other presets only get sigma_y set.
+
+  The scaled mu is capped at `stable_mu(config)`: past it the heavy-ball
+  data-consistency phase diverges on any operator with ||A|| <= 1 and no more
+  outputs than inputs (blurs, masks, the identity), which a large noise level
+  would otherwise reach silently (e.g. the mnist32 Gaussian-deblur preset at
+  sigma_y 0.1).
   """
   sigma_y = float(sigma_y)
   if sigma_y < 0:
     raise ConfigError(f"sigma_y must be >= 0; got {sigma_y}.")
   mu = config.mu
   if config.mu > 0 and config.sigma_y > 0:
-    mu = config.mu * (sigma_y / config.sigma_y) ** 2
+    mu = min(config.mu * (sigma_y / config.sigma_y) ** 2, max(config.mu, stable_mu(config)))
   return dataclasses.replace(config, sigma_y=sigma_y, mu=mu)
+
+
+def stable_mu(config: DCDPConfig, margin: float = 0.9) -> float:
+  """Largest proximal weight mu whose data-consistency phase stays stable.
+
+  On mean(|A x - y|^2) + mu mean((x - a)^2) with m outputs and n >= m inputs,
+  the config's step (lr m / lr_size) times the Hessian's largest eigenvalue is
+  at most e (||A||^2 + mu) with e = 2 lr / lr_size; heavy-ball momentum beta
+  converges while that is below 2 (1 + beta). With ||A|| <= 1 this gives
+  mu < 2 (1 + beta) / e - 1; `margin` keeps a safety factor. inf when the
+  config has no `lr_size` (its step depends on the operator).
+  """
+  if config.lr_size is None:
+    return float("inf")
+  e = 2.0 * config.lr / config.lr_size
+  return max(0.0, margin * 2.0 * (1.0 + config.momentum) / e - 1.0)
 
 
 def dcdp_preset(name: str, **overrides) -> DCDPConfig:
