@@ -154,9 +154,10 @@ def main(argv=None) -> int:
   from jaxir import metrics
   from jaxir.priors import load_prior
   from jaxir.solvers.bird import bird_preset
+  from jaxir.tasks import prior_channels
 
   prior = load_prior(args.prior)
-  xs = jnp.asarray(heldout_images(args.prior, args.count, None))
+  xs = jnp.asarray(heldout_images(args.prior, args.count, None, prior_channels(prior)))
   side = xs.shape[1]
   ksize = _odd(max(7.0, 41 * side / 256))
   lp = metrics.lpips_params()
