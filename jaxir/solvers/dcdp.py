@@ -38,9 +38,8 @@ from jaxir.solvers.common import (callable_module, check_measurement, noise_like
                                   residual_norm)
 
 __all__ = ["DCDPConfig", "DCDPInfo", "DCDP_PRESETS", "dcdp_preset", "for_noise", "stable_mu",
-           "effective_step", "rescale_lr", "dcdp_schedule", "dcdp_nfe", "PurificationTable", "purification_table",
-           "purify_row",
-           "data_consistency", "purify", "dcdp"]
+           "effective_step", "rescale_lr", "dcdp_schedule", "dcdp_nfe", "PurificationTable",
+           "purification_table", "purify_row", "data_consistency", "purify", "dcdp"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +126,8 @@ def _tuned(official: str, **changes) -> DCDPConfig:
 # results in experiments/results/tune_dcdp_mnist32/); sr4 and box_inpaint gained < 0.1 dB and
 # keep the official presets. At the blurs' official lr (step 2 lr / lr_size on the mean)
 # the heavy-ball iteration is stable only for mu below about 2.7 (mu = 3 diverged in the
-# tuning), which `for_noise` reaches at sigma_y of about 0.08 from the mnist32 preset and
-# 0.1 from natural64's.
+# tuning); `for_noise` would pass it at sigma_y of about 0.08 from the mnist32 preset and
+# 0.1 from natural64's, and caps mu there (`stable_mu`).
 DCDP_PRESETS.update({
     # dB on the training images, tuned vs official, in the comments.
     "mnist32/gaussian_deblur": _tuned("gaussian_deblur", T0=50, mu=1.0,

@@ -5,7 +5,8 @@ are sized for a 2-core CPU (1-2M parameters), "mnist32_wide" is mnist32 with 128
 channels at 8x8 (3.2M, the architecture of the shipped mnist32); "mnist32_gpu"
 and "natural64_gpu" are for one H100/H200; "tiny" runs in seconds for tests. The model
 is described by the keyword arguments of guided-diffusion's
-`script_util.create_model` (`learn_sigma=False`: 3 output channels, eps only).
+`script_util.create_model` plus jaxir's `in_channels` (`learn_sigma=False`: as many
+output channels as image channels, eps only).
 """
 from __future__ import annotations
 
