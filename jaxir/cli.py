@@ -464,6 +464,8 @@ def restore(args) -> dict:
       if x_hat.shape[0] != n:
         x_hat, info = jax.tree.map(lambda a, n=n: a[:n], (x_hat, info))
       t_solve += time.perf_counter() - t0
+      if bool(np.any(np.asarray(getattr(info, "diverged", False)))):
+        raise FloatingPointError(_diverged_message(cfg))
       if not bool(jnp.all(jnp.isfinite(x_hat))):
         raise FloatingPointError("the solver produced NaN/inf: lower the step size (--set "
                                  "lr=... or --set scale=...) or check the input.")
@@ -483,6 +485,15 @@ def restore(args) -> dict:
   if not args.quiet:
     _print_summary(summary, out)
   return summary
+
+
+def _diverged_message(cfg) -> str:
+  from jaxir.solvers.dcdp import stable_mu
+  limit = stable_mu(cfg) if hasattr(cfg, "lr_size") else math.inf
+  hint = f" (mu below {limit:.3g} is stable at this lr)" if math.isfinite(limit) else ""
+  return ("DCDP's data-consistency phase diverged (its data residual grew): the step lr or "
+          "the proximal weight mu is too large for this operator; lower them with --set "
+          f"mu=... or --set lr=...{hint}.")
 
 
 def _write_outputs(args, out, p, op, y, x_hat, x, info, j, sigma_y, lp) -> dict:

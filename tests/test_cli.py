@@ -263,6 +263,10 @@ def test_errors_name_the_problem_and_the_fix(shipped_env, tmp_path, capsys):
   can = e.split("can run:")[1]
   assert "'ddnm'" in e and "PhaseRetrieval" in e and "'sr4'" in can
   assert "phase_retrieval" not in can
+  for mu in ("3", "10"):  # past the heavy-ball limit (2.74 here): NaN at 10, 0.6 dB at 3
+    e = error("--task", "gaussian_deblur", "--set", f"mu={mu}", "--set", "K=2")
+    limit = re.search(r"mu below (\d+\.\d+) is stable", e)
+    assert "diverged" in e and "--set mu=" in e and 1.0 < float(limit.group(1)) < 2.74
   assert not (tmp_path / "o" / "im0_restored.png").exists()
 
 

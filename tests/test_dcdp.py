@@ -9,6 +9,7 @@ References used here, none of them the code under test:
   * the exact Gaussian posterior mean (`jaxir.priors.posterior`, Bayes' rule);
   * a call counter inside the model (`jax.debug.callback`) and finite differences.
 """
+import dataclasses
 import functools
 import json
 
@@ -218,6 +219,12 @@ def test_for_noise_keeps_the_data_consistency_phase_stable_at_high_noise():
   assert float(jnp.max(jnp.abs(capped))) < 5.0
   assert float(jnp.mean((op.A(capped) - y) ** 2)) < float(jnp.mean(y ** 2))
   assert not float(jnp.max(jnp.abs(uncapped))) < 1e3            # diverged (or NaN)
+  # the solver says so: `info.diverged` for the uncapped mu, not for the capped one
+  prior = gaussian_prior(jnp.zeros((32, 32, 1)), 0.5 ** 2)
+  flags = [bool(solve(jax.random.key(3), y, op, prior,
+                      config=dataclasses.replace(preset, mu=mu, K=2, ddim_steps=2))[1].diverged)
+           for mu in (cfg.mu, 4 * preset.mu)]
+  assert flags == [False, True]
 
 
 def test_nfe_formula_and_counted_calls(gauss):

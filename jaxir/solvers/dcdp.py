@@ -388,12 +388,17 @@ class DCDPInfo(NamedTuple):
     residual_dc: (K,) ||A(x) - y|| after each data-consistency phase.
     residual: (K,) ||A(x) - y|| after each purification.
     x_before_last_purification: (H, W, C) the last data-consistency output.
+    diverged: bool scalar, True when a data-consistency phase ended with a data
+      residual above twice its starting one (or not finite): its step lr or
+      proximal weight mu is past the heavy-ball stability limit (`stable_mu`),
+      and the image is not a restoration. Lower lr or mu.
   """
   nfe: jax.Array
   t: jax.Array
   residual_dc: jax.Array
   residual: jax.Array
   x_before_last_purification: jax.Array
+  diverged: jax.Array
 
 
 def dcdp(key, y, operator, prior, config: DCDPConfig = DCDPConfig()):
@@ -434,13 +439,15 @@ def dcdp(key, y, operator, prior, config: DCDPConfig = DCDPConfig()):
                             mu=config.mu, x_anchor=x)
     noise = jax.random.normal(k, x.shape, x.dtype)
     x_new = purify_row(prior, x_dc, noise, row)
-    res = (residual_norm(operator, x_dc, y), residual_norm(operator, x_new, y))
-    return (x_new, x_dc), res
+    res_dc = residual_norm(operator, x_dc, y)
+    # A stable phase lowers |A x - y|^2 + mu |x - x_k|^2 from its start (mu term 0 there).
+    uphill = ~(res_dc <= 2.0 * residual_norm(operator, x, y) + 1e-6)
+    return (x_new, x_dc), (res_dc, residual_norm(operator, x_new, y), uphill)
 
-  (x, x_dc), (res_dc, res) = jax.lax.scan(outer, (x0, x0), (keys, tab))
+  (x, x_dc), (res_dc, res, uphill) = jax.lax.scan(outer, (x0, x0), (keys, tab))
   info = DCDPInfo(nfe=jnp.asarray(int(tab.mask.sum()), jnp.int32),
                   t=jnp.asarray(ts, jnp.int32), residual_dc=res_dc, residual=res,
-                  x_before_last_purification=x_dc)
+                  x_before_last_purification=x_dc, diverged=jnp.any(uphill))
   return x, info
 
 
