@@ -263,10 +263,13 @@ def test_errors_name_the_problem_and_the_fix(shipped_env, tmp_path, capsys):
   can = e.split("can run:")[1]
   assert "'ddnm'" in e and "PhaseRetrieval" in e and "'sr4'" in can
   assert "phase_retrieval" not in can
-  for mu in ("3", "10"):  # past the heavy-ball limit (2.74 here): NaN at 10, 0.6 dB at 3
-    e = error("--task", "gaussian_deblur", "--set", f"mu={mu}", "--set", "K=2")
-    limit = re.search(r"mu below (\d+\.\d+) is stable", e)
-    assert "diverged" in e and "--set mu=" in e and 1.0 < float(limit.group(1)) < 2.74
+  # A diverged DCDP solve (tests/test_dcdp.py: `info.diverged`) is refused with the stable mu.
+  from jaxir.solvers.dcdp import DCDP_PRESETS, stable_mu
+  e = cli._diverged_message(DCDP_PRESETS["mnist32/gaussian_deblur"])
+  limit = re.search(r"mu below (\d+\.\d+) is stable", e)
+  assert "diverged" in e and "--set mu=" in e and 1.0 < float(limit.group(1)) < 2.74
+  assert float(limit.group(1)) == pytest.approx(
+      stable_mu(DCDP_PRESETS["mnist32/gaussian_deblur"]), abs=5e-3)
   assert not (tmp_path / "o" / "im0_restored.png").exists()
 
 
