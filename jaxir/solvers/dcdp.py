@@ -433,18 +433,19 @@ def dcdp(key, y, operator, prior, config: DCDPConfig = DCDPConfig()):
   keys = jax.random.split(key, config.K)
 
   def outer(carry, inp):
-    x, _ = carry
+    x, _, res_x = carry  # res_x = ||A(x) - y||, the last purification's residual
     k, row = inp
     x_dc = data_consistency(x, y, operator, tau=config.tau, lr=lr, momentum=config.momentum,
                             mu=config.mu, x_anchor=x)
     noise = jax.random.normal(k, x.shape, x.dtype)
     x_new = purify_row(prior, x_dc, noise, row)
-    res_dc = residual_norm(operator, x_dc, y)
+    res_dc, res_new = residual_norm(operator, x_dc, y), residual_norm(operator, x_new, y)
     # A stable phase lowers |A x - y|^2 + mu |x - x_k|^2 from its start (mu term 0 there).
-    uphill = ~(res_dc <= 2.0 * residual_norm(operator, x, y) + 1e-6)
-    return (x_new, x_dc), (res_dc, residual_norm(operator, x_new, y), uphill)
+    uphill = ~(res_dc <= 2.0 * res_x + 1e-6)
+    return (x_new, x_dc, res_new), (res_dc, res_new, uphill)
 
-  (x, x_dc), (res_dc, res, uphill) = jax.lax.scan(outer, (x0, x0), (keys, tab))
+  (x, x_dc, _), (res_dc, res, uphill) = jax.lax.scan(
+      outer, (x0, x0, residual_norm(operator, x0, y)), (keys, tab))
   info = DCDPInfo(nfe=jnp.asarray(int(tab.mask.sum()), jnp.int32),
                   t=jnp.asarray(ts, jnp.int32), residual_dc=res_dc, residual=res,
                   x_before_last_purification=x_dc, diverged=jnp.any(uphill))
