@@ -280,7 +280,7 @@ def test_configs_match_guided_diffusion_param_counts():
     cfg = configs.get_config(name)
     assert configs.TrainConfig.from_dict(json.loads(cfg.to_json())).to_dict() == json.loads(
         cfg.to_json())
-  for name in ("mnist32", "mnist32_wide", "mnist32_deep", "natural64"):  # the CPU priors
+  for name in ("mnist32", "mnist32_wide", "mnist32_deep", "natural64", "natural64_deep"):
     cfg = configs.get_config(name)
     s, c = cfg.image_size, cfg.channels
     model = trainer.build_model(cfg)
