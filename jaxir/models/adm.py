@@ -32,7 +32,8 @@ from jaxir.models.attention import AttentionConfig, attention
 from jaxir.models.activations import silu
 from jaxir.models.conv import conv2d
 from jaxir.models.norm import GroupNorm
-from jaxir.models.resample import Downsample, Upsample, avg_pool2, upsample_nearest
+from jaxir.models.resample import (Downsample, Upsample, avg_pool2, check_unet_input,
+                                   upsample_nearest)
 
 __all__ = ["ADMConfig", "adm_config", "ADMUNet", "timestep_embedding",
            "ResBlock", "AttentionBlock", "Upsample", "Downsample", "NUM_CLASSES"]
@@ -281,14 +282,7 @@ class ADMUNet(nn.Module):
   def __call__(self, x, t, y=None):
     cfg = self.config
     levels = len(cfg.channel_mult)
-    if x.ndim != 4 or x.shape[-1] != cfg.in_channels:
-      raise ShapeError(f"x has shape {x.shape}; this network takes {cfg.in_channels}-channel "
-                       f"images, (N, H, W, {cfg.in_channels}) (NHWC): build the operator and "
-                       "images with that channel count.")
-    f = 2 ** (levels - 1)
-    if x.shape[1] % f or x.shape[2] % f:
-      raise ShapeError(f"H, W = {x.shape[1:3]} must be multiples of {f} for {levels} levels; "
-                       "pad or resize the image.")
+    check_unet_input(x, cfg.in_channels, levels)
     n = x.shape[0]
     t = jnp.broadcast_to(jnp.asarray(t), (n,)) if jnp.ndim(t) == 0 else jnp.asarray(t)
     if t.shape != (n,):

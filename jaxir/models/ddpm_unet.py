@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxir.errors import ConfigError, ShapeError
+from jaxir.errors import ConfigError
 from jaxir.models import resample
 from jaxir.models.activations import silu
 from jaxir.models.attention import AttentionConfig, attention
@@ -229,14 +229,7 @@ class DDPMUNet(nn.Module):
   def __call__(self, x, t, deterministic: bool = True):
     cfg = self.config
     levels = cfg.num_levels
-    if x.ndim != 4 or x.shape[-1] != cfg.in_channels:
-      raise ShapeError(f"x has shape {x.shape}; this network takes {cfg.in_channels}-channel "
-                       f"images, (N, H, W, {cfg.in_channels}) (NHWC): build the operator and "
-                       "images with that channel count.")
-    f = 2 ** (levels - 1)
-    if x.shape[1] % f or x.shape[2] % f:
-      raise ShapeError(f"x is {x.shape[1]}x{x.shape[2]}; H and W must be divisible by {f} "
-                       f"(2**(len(ch_mult)-1)); pad or resize the image.")
+    resample.check_unet_input(x, cfg.in_channels, levels)
     t = jnp.broadcast_to(jnp.asarray(t), (x.shape[0],))
     dt = self.dtype
     block = functools.partial(ResnetBlock, dropout=cfg.dropout, dtype=dt)

@@ -21,9 +21,23 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxir.errors import ShapeError
 from jaxir.models.conv import conv2d
 
-__all__ = ["upsample_nearest", "avg_pool2", "Upsample", "Downsample"]
+__all__ = ["check_unet_input", "upsample_nearest", "avg_pool2", "Upsample", "Downsample"]
+
+
+def check_unet_input(x, in_channels: int, levels: int) -> None:
+  """Raise a ShapeError unless x is (N, H, W, in_channels) with H, W multiples of
+  2**(levels - 1), the sizes a U-Net with `levels` resolutions halves exactly."""
+  if x.ndim != 4 or x.shape[-1] != in_channels:
+    raise ShapeError(f"x has shape {x.shape}; this network takes {in_channels}-channel "
+                     f"images, (N, H, W, {in_channels}) (NHWC): build the operator and "
+                     "images with that channel count.")
+  f = 2 ** (levels - 1)
+  if x.shape[1] % f or x.shape[2] % f:
+    raise ShapeError(f"H, W = {x.shape[1:3]} must be multiples of {f} for {levels} levels; "
+                     "pad or resize the image.")
 
 
 def upsample_nearest(x):
