@@ -17,7 +17,8 @@ on [-1, 1] images is sqrt(1 - abar_t) / sqrt(abar_t).
 
 mnist32 also gets the sample checks of issue 18: a small CNN digit classifier
 is trained here on the 4,500 training digits (its held-out accuracy is
-printed) and applied to `--samples` DDIM-50 samples (eta 0): the fraction
+printed) and applied to `--samples` DDIM-50 samples (eta 0; `--sample-steps` and
+`--eta` change the sampler): the fraction
 labelled with p >= 0.9, the fraction of each digit (goal: 4-16% each), and the
 distance of each sample to its nearest training digit against the same for
 held-out digits (a ratio near 1: digit-like and not copies; far above 1: not
@@ -208,19 +209,19 @@ def nearest_distance(x, bank, batch: int = 256) -> np.ndarray:
 
 
 def ddim_samples(prior, key, n: int, side: int, channels: int, batch: int = 100,
-                 steps: int = 50):
-  """n unconditional DDIM samples (eta 0, `steps` steps) of the prior, (n, side, side, C)."""
+                 steps: int = 50, eta: float = 0.0):
+  """n unconditional DDIM samples (`steps` steps, `eta`) of the prior, (n, side, side, C)."""
   from jaxir.train.trainer import sample_grid
   out = []
   for i in range(0, n, batch):
     m = min(batch, n - i)
     out.append(np.asarray(sample_grid(prior.apply_fn, prior.params, jax.random.fold_in(key, i),
-                                      (m, side, side, channels), steps=steps)))
+                                      (m, side, side, channels), steps=steps, eta=eta)))
   return np.concatenate(out)
 
 
 def digit_checks(prior, key, *, samples: int, channels: int, epochs: int,
-                 samples_out=None) -> dict:
+                 samples_out=None, steps: int = 50, eta: float = 0.0) -> dict:
   """Issue 18's sample checks of a digit prior (see the module docstring)."""
   from jaxir.train import data
   t0 = time.perf_counter()
@@ -230,7 +231,8 @@ def digit_checks(prior, key, *, samples: int, channels: int, epochs: int,
   p_ho = classify(clf, xho)
   t_clf = time.perf_counter() - t0
   t0 = time.perf_counter()
-  xs = ddim_samples(prior, jax.random.fold_in(key, 2), samples, 32, channels)
+  xs = ddim_samples(prior, jax.random.fold_in(key, 2), samples, 32, channels, steps=steps,
+                    eta=eta)
   t_samp = time.perf_counter() - t0
   if samples_out is not None:
     samples_out.append(xs)
@@ -246,7 +248,8 @@ def digit_checks(prior, key, *, samples: int, channels: int, epochs: int,
                      "heldout_fractions": [float(f) for f in
                                            np.bincount(p_ho.argmax(1), minlength=10) / len(yho)],
                      "epochs": epochs, "train_n": int(len(ytr)), "seconds": t_clf},
-      "samples": {"n": int(samples), "ddim_steps": 50, "seconds": t_samp,
+      "samples": {"n": int(samples), "ddim_steps": int(steps), "eta": float(eta),
+                  "seconds": t_samp,
                   "confident": float(np.mean(p_s.max(1) >= CONFIDENT)),
                   "digit_fractions": [float(f) for f in frac],
                   "digits_in_range": bool(np.all((frac >= DIGIT_RANGE[0]) &
@@ -265,7 +268,8 @@ def print_digit_checks(r: dict) -> None:
   print(f"\nDigit classifier (small CNN, {c['train_n']} training digits, {c['epochs']} epochs, "
         f"{c['seconds']:.0f} s): held-out accuracy {100 * c['heldout_accuracy']:.1f}%, "
         f"confident (p >= {CONFIDENT}) on {100 * c['heldout_confident']:.1f}% of held-out digits")
-  print(f"\n{s['n']} DDIM-50 samples ({s['seconds']:.0f} s) | samples | held-out digits | goal |"
+  sampler = f"DDIM-{s['ddim_steps']}" + (f" eta {s['eta']:g}" if s.get("eta") else "")
+  print(f"\n{s['n']} {sampler} samples ({s['seconds']:.0f} s) | samples | held-out digits | goal |"
         "\n|---|---|---|---|")
   print(f"| confidently labelled (p >= {CONFIDENT}) | {100 * s['confident']:.1f}% | "
         f"{100 * c['heldout_confident']:.1f}% | >= 90% |")
@@ -398,6 +402,10 @@ def main(argv=None) -> int:
                   help="images per split for the Tweedie table (default 100; --quick 32)")
   ap.add_argument("--samples", type=int, default=None,
                   help="mnist32: DDIM-50 samples to classify (default 200; --quick 32)")
+  ap.add_argument("--sample-steps", type=int, default=50,
+                  help="mnist32: DDIM steps of those samples (default %(default)s)")
+  ap.add_argument("--eta", type=float, default=0.0,
+                  help="mnist32: DDIM eta of those samples (0 deterministic, 1 ancestral)")
   ap.add_argument("--epochs", type=int, default=None,
                   help="mnist32: classifier training epochs (default 12; --quick 6)")
   ap.add_argument("--crops", type=int, default=None,
@@ -468,7 +476,7 @@ def main(argv=None) -> int:
       print(f"\n## Sample checks, seed {sd}")
       runs[sd] = digit_checks(prior, jax.random.fold_in(jax.random.key(sd), 11),
                               samples=n_samples, channels=channels, epochs=epochs,
-                              samples_out=grid_samples)
+                              samples_out=grid_samples, steps=args.sample_steps, eta=args.eta)
       print_digit_checks(runs[sd])
     res["digits"] = runs[seeds[0]]
     if len(seeds) > 1:

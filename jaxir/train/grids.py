@@ -15,18 +15,21 @@ __all__ = ["sample_grid", "save_grid"]
 
 
 def sample_grid(apply_fn: Callable, params, key, shape, *, steps: int = 50,
-                num_timesteps: int = 1000, schedule: str = "linear"):
-  """Unconditional DDIM samples (eta 0, x0 clipped), float32 (N, H, W, C) in [-1, 1].
+                num_timesteps: int = 1000, schedule: str = "linear", eta: float = 0.0):
+  """Unconditional DDIM samples (x0 clipped), float32 (N, H, W, C) in [-1, 1].
 
   Args:
     apply_fn, params: the model.
-    key: key of the starting noise.
+    key: key of the starting noise (and of the per-step noise when eta > 0).
     shape: (N, H, W, C).
     steps: DDIM steps ("ddimN" respacing).
+    eta: DDIM eta: 0 deterministic (the default), 1 DDPM-like ancestral sampling.
   """
   ts = space_timesteps(num_timesteps, f"ddim{steps}")
-  x_T = jax.random.normal(key, shape, jnp.float32)
-  return ddim_sample(lambda x, t: apply_fn(params, x, t), x_T, ts,
+  k_T, k_steps = jax.random.split(key)
+  x_T = jax.random.normal(key if eta == 0.0 else k_T, shape, jnp.float32)
+  return ddim_sample(lambda x, t: apply_fn(params, x, t), x_T, ts, eta=eta,
+                     key=None if eta == 0.0 else k_steps,
                      num_timesteps=num_timesteps, schedule=schedule)
 
 
