@@ -206,7 +206,8 @@ def _natural64() -> TrainConfig:
 def _natural64_deep() -> TrainConfig:
   # natural64 with two residual blocks per level (grown from the shipped weights by
   # experiments/grow_prior.py, same function at step 0): the 1.9M network's Tweedie PSNR
-  # gained only 0.07-0.10 dB in its last 4,926 steps, 0.4-0.8 dB short of BM3D.
+  # gained only 0.07-0.10 dB in its last 4,926 steps, 0.4-0.8 dB short of BM3D. Tried
+  # 2026-12-02: 1,931 steps gained 0.03-0.05 dB (checkpoints/README.md); not shipped.
   cfg = _natural64()
   return cfg.replace(name="natural64_deep", model={**cfg.model, "num_res_blocks": 2},
                      learning_rate=4e-4, warmup_steps=20, lr_schedule="cosine")
