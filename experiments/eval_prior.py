@@ -401,7 +401,7 @@ def main(argv=None) -> int:
   ap.add_argument("--count", type=int, default=None,
                   help="images per split for the Tweedie table (default 100; --quick 32)")
   ap.add_argument("--samples", type=int, default=None,
-                  help="mnist32: DDIM-50 samples to classify (default 200; --quick 32)")
+                  help="mnist32: samples to classify (default 200; --quick 32)")
   ap.add_argument("--sample-steps", type=int, default=50,
                   help="mnist32: DDIM steps of those samples (default %(default)s)")
   ap.add_argument("--eta", type=float, default=0.0,

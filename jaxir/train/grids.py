@@ -27,6 +27,7 @@ def sample_grid(apply_fn: Callable, params, key, shape, *, steps: int = 50,
   """
   ts = space_timesteps(num_timesteps, f"ddim{steps}")
   k_T, k_steps = jax.random.split(key)
+  # eta 0 draws x_T from `key` itself, as before eta existed (same grids for the same key).
   x_T = jax.random.normal(key if eta == 0.0 else k_T, shape, jnp.float32)
   return ddim_sample(lambda x, t: apply_fn(params, x, t), x_T, ts, eta=eta,
                      key=None if eta == 0.0 else k_steps,
