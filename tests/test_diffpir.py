@@ -61,20 +61,22 @@ def official_timesteps(steps, skip_type):
   return [int(np.argmin(np.abs(reduced - sigmas[s]))) for s in seq]
 
 
-def _normal_eq_residuals(a_mat, y, x0, rho, *solutions):
-  """Relative residuals of (AᵀA + rho I) x = Aᵀy + rho x0 for each solution, in float64."""
+def _normal_equations(a_mat, y, x0, rho):
+  """(AᵀA + rho I, Aᵀy + rho x0) of the data step, in float64."""
   a = np.asarray(a_mat, np.float64)
   rhs = a.T @ np.asarray(y, np.float64).reshape(-1) + rho * np.asarray(x0, np.float64).reshape(-1)
-  lhs = a.T @ a + rho * np.eye(a.shape[1])
+  return a.T @ a + rho * np.eye(a.shape[1]), rhs
+
+
+def _normal_eq_residuals(a_mat, y, x0, rho, *solutions):
+  """Relative residuals of the normal equations for each solution."""
+  lhs, rhs = _normal_equations(a_mat, y, x0, rho)
   return [float(np.linalg.norm(lhs @ np.asarray(x, np.float64).reshape(-1) - rhs)
                 / np.linalg.norm(rhs)) for x in solutions]
 
 
 def dense_prox(a_mat, y, x0, rho):
-  a = np.asarray(a_mat, np.float64)
-  n = a.shape[1]
-  rhs = a.T @ np.asarray(y, np.float64).reshape(-1) + rho * np.asarray(x0, np.float64).reshape(-1)
-  return np.linalg.solve(a.T @ a + rho * np.eye(n), rhs)
+  return np.linalg.solve(*_normal_equations(a_mat, y, x0, rho))
 
 
 class Tanh(Operator):
