@@ -42,6 +42,8 @@ def main(argv=None) -> int:
                   help="fine-tune: start from a run directory's latest weights or an "
                   "exported .safetensors")
   ap.add_argument("--loss-weight", default=None, help="override: eps or truncated_snr")
+  ap.add_argument("--t-lognormal", type=float, default=None,
+                  help="override: fraction of t drawn from EDM's log-normal noise level")
   ap.add_argument("--learning-rate", type=float, default=None, help="override the peak lr")
   ap.add_argument("--lr-schedule", default=None,
                   help="override: constant or cosine (decays over --num-steps)")
@@ -64,6 +66,7 @@ def main(argv=None) -> int:
   cfg = configs.get_config(args.config)
   over = {k: v for k, v in (("seed", args.seed), ("batch_size", args.batch_size),
                             ("init_from", args.init_from), ("loss_weight", args.loss_weight),
+                            ("t_lognormal", args.t_lognormal),
                             ("learning_rate", args.learning_rate),
                             ("lr_schedule", args.lr_schedule),
                             ("warmup_steps", args.warmup_steps))

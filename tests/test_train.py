@@ -162,6 +162,35 @@ def test_truncated_snr_loss_is_max_of_eps_and_x0_errors():
     _cfg(loss_weight="x0")
 
 
+def test_lognormal_timesteps_against_numpy():
+  from scipy.stats import norm
+  from jaxir.train.step import EDM_P_MEAN, EDM_P_STD, sample_timesteps
+  abar64 = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+  abar = jnp.asarray(abar64, jnp.float32)
+  key, n = jax.random.key(4), 4096
+  # f = 0: exactly the plain uniform draw (runs without the option are unchanged).
+  np.testing.assert_array_equal(sample_timesteps(key, n, abar, 0.0),
+                                jax.random.randint(key, (n,), 0, 1000))
+  # f = 0.3: an independent float64 reference from the documented draws.
+  ku, kz, kb = jax.random.split(key, 3)
+  log_sig = EDM_P_MEAN + EDM_P_STD * np.asarray(jax.random.normal(kz, (n,)), np.float64)
+  log_sig_t = 0.5 * np.log((1 - abar64) / abar64)
+  nearest = np.abs(log_sig[:, None] - log_sig_t[None, :]).argmin(axis=1)
+  mask = np.asarray(jax.random.bernoulli(kb, 0.3, (n,)))
+  want = np.where(mask, nearest, np.asarray(jax.random.randint(ku, (n,), 0, 1000)))
+  got = np.asarray(sample_timesteps(key, n, abar, 0.3))
+  # float32 vs float64 log sigma_t may round a draw that is halfway between two steps.
+  assert got.dtype == np.int32 and np.mean(got == want) > 0.999
+  assert np.abs(got - want).max() <= 1 and 0.25 < mask.mean() < 0.35
+  # f = 1: the noise levels follow EDM's log-normal law (up to the schedule's steps).
+  t = np.asarray(sample_timesteps(jax.random.key(5), 20000, abar, 1.0))
+  for q in (0.1, 0.5, 0.9):
+    s = np.exp(EDM_P_MEAN + EDM_P_STD * norm.ppf(q))
+    assert abs(np.mean(np.exp(log_sig_t[t]) <= s) - q) < 0.02
+  with pytest.raises(ConfigError, match="t_lognormal"):
+    _cfg(t_lognormal=1.5)
+
+
 def test_cosine_lr_schedule():
   cfg = _cfg(lr_schedule="cosine", num_steps=105, warmup_steps=5, learning_rate=1e-3)
   lr = lr_schedule(cfg)
@@ -337,11 +366,12 @@ def test_train_prior_script_passes_its_overrides(tmp_path):
       [sys.executable, os.path.join(root, "experiments", "train_prior.py"), "--config", "tiny",
        "--workdir", str(workdir), "--steps", "2", "--learning-rate", "5e-4",
        "--lr-schedule", "cosine", "--warmup-steps", "1", "--sample-every", "0",
-       "--snapshot-every", "1"],
+       "--snapshot-every", "1", "--t-lognormal", "0.5"],
       capture_output=True, text=True, timeout=600, cwd=tmp_path)
   assert r.returncode == 0, r.stderr[-2000:]
   rec = json.loads((workdir / "config.json").read_text())
   assert (rec["learning_rate"], rec["lr_schedule"], rec["warmup_steps"]) == (5e-4, "cosine", 1)
+  assert rec["t_lognormal"] == 0.5
   assert (workdir / "export" / "tiny.safetensors").is_file()
   # EMA snapshots every step, and experiments/average_snapshots.py's uniform average of them.
   from safetensors.numpy import load_file

@@ -60,6 +60,10 @@ class TrainConfig:
       Salimans & Ho 2022, "Progressive Distillation", sec. 4; it makes the x0
       prediction at high noise, which eps-MSE barely weighs, count). The network
       still predicts eps either way.
+    t_lognormal: fraction of each batch whose timestep follows EDM's log-normal
+      noise level instead of the uniform draw (0, the DDPM default: all uniform;
+      `jaxir.train.step.sample_timesteps`); it spends more of the steps on the
+      low and middle noise levels that denoising and restoration use.
     init_from: "", a run directory whose latest checkpoint gives the initial
       params and EMA params, or an exported prior's `.safetensors` (both set to
       its weights); fine-tuning: the step, optimizer and keys start fresh.
@@ -93,6 +97,7 @@ class TrainConfig:
   ema_decay: float = 0.999
   lr_schedule: str = "constant"
   loss_weight: str = "eps"
+  t_lognormal: float = 0.0
   init_from: str = ""
   compute_dtype: str = "float32"
   num_timesteps: int = 1000
@@ -117,6 +122,8 @@ class TrainConfig:
       raise ConfigError(f"lr_schedule {self.lr_schedule!r}; use 'constant' or 'cosine'.")
     if self.loss_weight not in ("eps", "truncated_snr"):
       raise ConfigError(f"loss_weight {self.loss_weight!r}; use 'eps' or 'truncated_snr'.")
+    if not 0.0 <= self.t_lognormal <= 1.0:
+      raise ConfigError(f"t_lognormal {self.t_lognormal} is a fraction of the batch; use 0..1.")
     if self.model.get("in_channels", 3) != self.channels:
       raise ConfigError(f"model in_channels {self.model.get('in_channels', 3)} != channels "
                         f"{self.channels}; set model in_channels to the data's channels.")

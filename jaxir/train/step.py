@@ -22,7 +22,7 @@ from jaxir.parallel import data_mesh
 from jaxir.train.configs import TrainConfig
 from jaxir.train.state import TrainState, lr_schedule, make_optimizer, memo_jit
 
-__all__ = ["cast_tree", "diffusion_loss", "make_train_step", "make_eval_loss"]
+__all__ = ["cast_tree", "diffusion_loss", "sample_timesteps", "make_train_step", "make_eval_loss"]
 
 
 def cast_tree(tree, dtype):
@@ -32,12 +32,18 @@ def cast_tree(tree, dtype):
 
 
 def diffusion_loss(apply_fn: Callable, params, x0, key, alphas_cumprod,
-                   compute_dtype=jnp.float32, weighting: str = "eps"):
+                   compute_dtype=jnp.float32, weighting: str = "eps",
+                   t_lognormal: float = 0.0):
   """The DDPM simple loss: mean squared error of the predicted eps.
 
   With `weighting="truncated_snr"` each example's eps-MSE is multiplied by
   max(1, (1 - abar_t) / abar_t), which makes it max(eps-MSE, x0-MSE) (x0 from
   the predicted eps); "eps" is the plain loss.
+
+  t is uniform over the schedule; with `t_lognormal` = f > 0 each example
+  instead, with probability f, takes the timestep nearest (in log sigma) to
+  EDM's training noise level ln sigma ~ N(-1.2, 1.2^2) (Karras et al. 2022,
+  sec. 5; sigma_t = sqrt((1 - abar_t) / abar_t), the noise of x_t / sqrt(abar_t)).
 
   Args:
     apply_fn: `apply_fn(params, x, t)`, output C or 2C channels (eps first).
@@ -52,7 +58,7 @@ def diffusion_loss(apply_fn: Callable, params, x0, key, alphas_cumprod,
   """
   kt, kn = jax.random.split(key)
   n, c = x0.shape[0], x0.shape[-1]
-  t = jax.random.randint(kt, (n,), 0, alphas_cumprod.shape[0])
+  t = sample_timesteps(kt, n, alphas_cumprod, t_lognormal)
   eps = jax.random.normal(kn, x0.shape, jnp.float32)
   a = alphas_cumprod[t].reshape(n, 1, 1, 1)
   x_t = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * eps
@@ -63,6 +69,32 @@ def diffusion_loss(apply_fn: Callable, params, x0, key, alphas_cumprod,
   elif weighting != "eps":
     raise ConfigError(f"weighting {weighting!r}; use 'eps' or 'truncated_snr'.")
   return jnp.mean(per_example)
+
+
+EDM_P_MEAN, EDM_P_STD = -1.2, 1.2
+"""EDM's training noise distribution, ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1)."""
+
+
+def sample_timesteps(key, n: int, alphas_cumprod, t_lognormal: float = 0.0):
+  """(n,) int32 training timesteps: uniform, a fraction `t_lognormal` from EDM's law.
+
+  Each example is uniform on [0, T) with probability 1 - t_lognormal, else the
+  timestep whose sigma_t = sqrt((1 - abar_t) / abar_t) is nearest in log to
+  sigma = exp(EDM_P_MEAN + EDM_P_STD * z), z ~ N(0, 1). With t_lognormal = 0 it
+  draws exactly `jax.random.randint(key, (n,), 0, T)`.
+  """
+  T = alphas_cumprod.shape[0]
+  if t_lognormal == 0.0:
+    return jax.random.randint(key, (n,), 0, T)
+  ku, kz, kb = jax.random.split(key, 3)
+  uniform = jax.random.randint(ku, (n,), 0, T)
+  log_sigma_t = 0.5 * (jnp.log1p(-alphas_cumprod) - jnp.log(alphas_cumprod))  # increasing
+  log_sigma = EDM_P_MEAN + EDM_P_STD * jax.random.normal(kz, (n,))
+  hi = jnp.clip(jnp.searchsorted(log_sigma_t, log_sigma), 1, T - 1)
+  lo = hi - 1
+  nearest = jnp.where(log_sigma - log_sigma_t[lo] < log_sigma_t[hi] - log_sigma, lo, hi)
+  return jnp.where(jax.random.bernoulli(kb, t_lognormal, (n,)), nearest,
+                   uniform).astype(jnp.int32)
 
 
 def make_train_step(config: TrainConfig, apply_fn: Callable, mesh: Mesh | None = None,
@@ -101,7 +133,7 @@ def _make_train_step(config, apply_fn, mesh, donate, cast_dtype):
   def train_step(state: TrainState, batch, key):
     loss, grads = jax.value_and_grad(
         lambda p: diffusion_loss(apply_fn, p, batch, key, abar, dtype,
-                                 config.loss_weight))(state.params)
+                                 config.loss_weight, config.t_lognormal))(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     n = state.step.astype(jnp.float32)
