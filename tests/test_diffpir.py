@@ -152,8 +152,9 @@ def test_proximal_svd_matches_dense_normal_equations():
       got = _prox(op, y, jnp.asarray(x0), rho)
       ref = dense_prox(a_mat, y, x0, rho)
       err = rel_err(np.asarray(got).reshape(-1), ref)
-      # This failed once in CI and once locally (BicubicSR, rho 1e-3, 0.30) after end-to-end
-      # CLI solves, and not in 12 later attempts (2026-12-02): on a failure, say which side
+      # This failed in about one process in 20 (BicubicSR, rho 1e-3, 0.30): the jitted `_prox`
+      # ran the program traced for AvgPoolSR((8, 8, 1), 2), whose flax.struct tree structure
+      # compared equal (jaxir/pytree.py, tests/test_pytree.py). On a failure, say which side
       # breaks the normal equations and whether a second evaluation repeats it.
       assert err < 2e-5, (type(op).__name__, rho, err, _normal_eq_residuals(
           a_mat, y, x0, rho, got, ref), rel_err(_prox(op, y, jnp.asarray(x0), rho), got))

@@ -18,7 +18,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from jaxir import pytree
 
 from jaxir.errors import ConfigError
 
@@ -50,7 +50,7 @@ def respaced_alphas_cumprod(alphas_cumprod: np.ndarray, timesteps) -> np.ndarray
   return np.cumprod(1.0 - np.asarray(betas, np.float64))
 
 
-class Schedule(struct.PyTreeNode):
+class Schedule(pytree.PyTreeNode):
   """A discrete diffusion schedule; arrays are float32, indexed by timestep.
 
   Attributes:
@@ -66,7 +66,7 @@ class Schedule(struct.PyTreeNode):
   alphas_cumprod_prev: jnp.ndarray
   sqrt_recip_alphas_cumprod: jnp.ndarray
   sqrt_recipm1_alphas_cumprod: jnp.ndarray
-  name: str = struct.field(pytree_node=False, default="linear")
+  name: str = pytree.field(pytree_node=False, default="linear")
 
   @property
   def num_timesteps(self) -> int:

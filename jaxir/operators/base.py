@@ -1,6 +1,6 @@
 """The one operator interface shared by every forward model.
 
-An operator is an immutable `flax.struct` pytree: arrays (kernels, masks) are
+An operator is an immutable `jaxir.pytree` dataclass pytree: arrays (kernels, masks) are
 leaves, sizes and modes are static fields. Every method takes ONE image
 `(H, W, C)` (or one measurement); batch with `jax.vmap`.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from jaxir import pytree
 
 from jaxir.errors import ShapeError
 
@@ -81,13 +81,13 @@ def safe_abs(z):
   return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
-class Operator(struct.PyTreeNode):
+class Operator(pytree.PyTreeNode):
   """A (possibly nonlinear) forward model y = A(x) on one HWC image.
 
   Attributes:
     in_shape: static (H, W, C) of the image the operator takes.
   """
-  in_shape: tuple = struct.field(pytree_node=False)
+  in_shape: tuple = pytree.field(pytree_node=False)
 
   linear = False
 

@@ -1,6 +1,6 @@
 """Blind degradations: forward models with unknown parameters eta, estimated jointly.
 
-A blind degradation is a small `flax.struct` pytree with
+A blind degradation is a small `jaxir.pytree` dataclass pytree with
 
 * `init(key) -> eta`: the starting parameters (a pytree of float arrays);
 * `operator(eta) -> Operator`: the forward model for those parameters (one
@@ -33,7 +33,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from jaxir import pytree
 
 from jaxir.errors import ConfigError, KernelError, ShapeError
 from jaxir.operators.base import LinearOperator, Operator, check_in_shape
@@ -61,7 +61,7 @@ def _check_size(size) -> int:
 
 # ------------------------------------------------------------------ kernel families
 
-class MLPKernel(struct.PyTreeNode):
+class MLPKernel(pytree.PyTreeNode):
   """BIRD's kernel generator: softmax(W2 relu6(W1 code + b1) + b2) as a (k, k) kernel.
 
   The code is a fixed random input (official `get_noise(200, 'noise', (1, 1))`:
@@ -76,9 +76,9 @@ class MLPKernel(struct.PyTreeNode):
     lr: static Adam learning rate (official `lr_blur`: 0.0002).
   """
   code: jax.Array
-  size: int = struct.field(pytree_node=False, default=41)
-  hidden: int = struct.field(pytree_node=False, default=1000)
-  lr: float = struct.field(pytree_node=False, default=2e-4)
+  size: int = pytree.field(pytree_node=False, default=41)
+  hidden: int = pytree.field(pytree_node=False, default=1000)
+  lr: float = pytree.field(pytree_node=False, default=2e-4)
 
   def init(self, key):
     """PyTorch `nn.Linear` initialization: weights and biases U(-1/sqrt(fan_in), +)."""
@@ -122,7 +122,7 @@ def mlp_eta_from_torch(state_dict) -> dict:
   return {k: jnp.asarray(np.asarray(state_dict[v]), jnp.float32) for k, v in names.items()}
 
 
-class LogitsKernel(struct.PyTreeNode):
+class LogitsKernel(pytree.PyTreeNode):
   """Direct parameterization: kernel = softmax of free (k, k) logits.
 
   `init` gives zero logits (the uniform kernel, close to where the official
@@ -133,8 +133,8 @@ class LogitsKernel(struct.PyTreeNode):
     lr: static Adam learning rate (jaxir's choice: 0.05 moves a logit by a few
       units within 100 iterations).
   """
-  size: int = struct.field(pytree_node=False, default=41)
-  lr: float = struct.field(pytree_node=False, default=0.05)
+  size: int = pytree.field(pytree_node=False, default=41)
+  lr: float = pytree.field(pytree_node=False, default=0.05)
 
   def init(self, key):
     del key
@@ -150,7 +150,7 @@ def _grid(size: int):
   return r[:, None], r[None, :]  # rows, cols
 
 
-class GaussianKernel(struct.PyTreeNode):
+class GaussianKernel(pytree.PyTreeNode):
   """Isotropic Gaussian family: exp(-r^2 / (2 sigma^2)) on the (k, k) grid, normalized.
 
   eta = {"log_sigma": ()} (sigma in pixels), so sigma stays positive.
@@ -160,9 +160,9 @@ class GaussianKernel(struct.PyTreeNode):
     init_sigma: static starting sigma in pixels (key not used).
     lr: static Adam learning rate on log sigma.
   """
-  size: int = struct.field(pytree_node=False, default=41)
-  init_sigma: float = struct.field(pytree_node=False, default=1.0)
-  lr: float = struct.field(pytree_node=False, default=0.02)
+  size: int = pytree.field(pytree_node=False, default=41)
+  init_sigma: float = pytree.field(pytree_node=False, default=1.0)
+  lr: float = pytree.field(pytree_node=False, default=0.02)
 
   def init(self, key):
     del key
@@ -177,7 +177,7 @@ class GaussianKernel(struct.PyTreeNode):
     return kernel_from_logits(logits, self.size)
 
 
-class LinearMotionKernel(struct.PyTreeNode):
+class LinearMotionKernel(pytree.PyTreeNode):
   """Linear (straight) motion family, rendered differentiably.
 
   A segment of length `length * size` pixels through the centre at `angle`
@@ -191,10 +191,10 @@ class LinearMotionKernel(struct.PyTreeNode):
     width: static splat std in pixels (0.5: a one-pixel-wide line).
     lr: static Adam learning rate on (length, angle).
   """
-  size: int = struct.field(pytree_node=False, default=41)
-  init_length: float = struct.field(pytree_node=False, default=0.25)
-  width: float = struct.field(pytree_node=False, default=0.5)
-  lr: float = struct.field(pytree_node=False, default=0.02)
+  size: int = pytree.field(pytree_node=False, default=41)
+  init_length: float = pytree.field(pytree_node=False, default=0.25)
+  width: float = pytree.field(pytree_node=False, default=0.5)
+  lr: float = pytree.field(pytree_node=False, default=0.02)
 
   def init(self, key):
     """Length `init_length`, angle uniform on [0, pi) from `key`."""
@@ -213,7 +213,7 @@ class LinearMotionKernel(struct.PyTreeNode):
 
 # ------------------------------------------------------------------ degradations
 
-class BlindDegradation(struct.PyTreeNode):
+class BlindDegradation(pytree.PyTreeNode):
   """Interface of a blind degradation (see the module docstring)."""
 
   def init(self, key):
@@ -265,9 +265,9 @@ class BlindBlur(BlindDegradation):
     family: a kernel family (`MLPKernel`, `LogitsKernel`, ...).
     padding: static `Blur` padding ("zeros" as official).
   """
-  in_shape: tuple = struct.field(pytree_node=False)
-  family: struct.PyTreeNode
-  padding: str = struct.field(pytree_node=False, default="zeros")
+  in_shape: tuple = pytree.field(pytree_node=False)
+  family: pytree.PyTreeNode
+  padding: str = pytree.field(pytree_node=False, default="zeros")
 
   def __post_init__(self):
     object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "BlindBlur"))
@@ -298,8 +298,8 @@ class BlurDecimate(LinearOperator):
     padding: static `Blur` padding.
   """
   kernel: jax.Array
-  factor: int = struct.field(pytree_node=False, default=4)
-  padding: str = struct.field(pytree_node=False, default="zeros")
+  factor: int = pytree.field(pytree_node=False, default=4)
+  padding: str = pytree.field(pytree_node=False, default="zeros")
 
   def __post_init__(self):
     shape = check_in_shape(self.in_shape, "BlurDecimate")
@@ -323,10 +323,10 @@ class BlindSR(BlindDegradation):
     factor: static integer scale.
     padding: static `Blur` padding.
   """
-  in_shape: tuple = struct.field(pytree_node=False)
-  family: struct.PyTreeNode
-  factor: int = struct.field(pytree_node=False, default=4)
-  padding: str = struct.field(pytree_node=False, default="zeros")
+  in_shape: tuple = pytree.field(pytree_node=False)
+  family: pytree.PyTreeNode
+  factor: int = pytree.field(pytree_node=False, default=4)
+  padding: str = pytree.field(pytree_node=False, default="zeros")
 
   def __post_init__(self):
     object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "BlindSR"))
@@ -360,9 +360,9 @@ class BlindDenoise(BlindDegradation):
     init_sigma: static starting sigma.
     lr_sigma: static Adam learning rate on log sigma.
   """
-  in_shape: tuple = struct.field(pytree_node=False)
-  init_sigma: float = struct.field(pytree_node=False, default=0.1)
-  lr_sigma: float = struct.field(pytree_node=False, default=0.02)
+  in_shape: tuple = pytree.field(pytree_node=False)
+  init_sigma: float = pytree.field(pytree_node=False, default=0.1)
+  lr_sigma: float = pytree.field(pytree_node=False, default=0.02)
 
   def __post_init__(self):
     object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "BlindDenoise"))

@@ -28,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from jaxir import pytree
 
 from jaxir.checks import is_concrete
 from jaxir.errors import ConfigError, KernelError
@@ -94,7 +94,7 @@ class Blur(LinearOperator):
   inherited conjugate-gradient solve.
   """
   kernel: jax.Array
-  padding: str = struct.field(pytree_node=False, default="reflect")
+  padding: str = pytree.field(pytree_node=False, default="reflect")
 
   def __post_init__(self):
     object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "Blur"))
@@ -215,7 +215,7 @@ class CircularBlur(SVDOperator):
     threshold: static floor on the singular values (DDRM: 3e-2; 0 keeps all).
   """
   kernel: jax.Array
-  threshold: float = struct.field(pytree_node=False, default=3e-2)
+  threshold: float = pytree.field(pytree_node=False, default=3e-2)
 
   def __post_init__(self):
     object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "CircularBlur"))

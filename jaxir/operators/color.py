@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from jaxir import pytree
 
 from jaxir.errors import ShapeError
 from jaxir.operators.base import SVDOperator, check_image, check_in_shape
@@ -45,7 +45,7 @@ class Colorization(SVDOperator):
     in_shape: static (H, W, 3).
     weights: static channel weights of length 3, or None for the mean 1/3.
   """
-  weights: tuple | None = struct.field(pytree_node=False, default=None)
+  weights: tuple | None = pytree.field(pytree_node=False, default=None)
 
   def __post_init__(self):
     shape = check_in_shape(self.in_shape, "Colorization")

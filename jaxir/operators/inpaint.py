@@ -139,8 +139,7 @@ def _inpaint_replace(self, **updates):
   return dataclasses.replace(self, **updates)
 
 
-# flax.struct installs its own `replace` on every PyTreeNode subclass after the class
-# body runs, so the mask-aware one is attached here.
+# The mask-aware `replace` (the generic one would keep a stale permutation).
 Inpaint.replace = _inpaint_replace
 
 

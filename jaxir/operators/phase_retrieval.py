@@ -13,7 +13,7 @@ References:
 from __future__ import annotations
 
 import jax.numpy as jnp
-from flax import struct
+from jaxir import pytree
 
 from jaxir.errors import ConfigError
 from jaxir.operators.base import Operator, check_image, check_in_shape, safe_abs
@@ -34,7 +34,7 @@ class PhaseRetrieval(Operator):
   `A` maps (H, W, C) -> (H + 2 ph, W + 2 pw, C), float; its gradient at zero
   Fourier coefficients is 0, as with torch's `abs`.
   """
-  oversample: float = struct.field(pytree_node=False, default=2.0)
+  oversample: float = pytree.field(pytree_node=False, default=2.0)
 
   def __post_init__(self):
     object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "PhaseRetrieval"))

@@ -67,7 +67,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from jaxir import pytree
 
 from jaxir.errors import ConfigError, KernelError
 from jaxir.operators.base import SVDOperator, check_image, check_in_shape
@@ -193,11 +193,11 @@ class SeparableBlur(SVDOperator):
     ddrm_tiling: reproduce the official `singulars()` channel tiling (False:
       the correct blur).
   """
-  kernel_h: tuple = struct.field(pytree_node=False)
-  kernel_w: tuple | None = struct.field(pytree_node=False, default=None)
-  threshold: float = struct.field(pytree_node=False, default=3e-2)
-  drop_last_tap: bool = struct.field(pytree_node=False, default=True)
-  ddrm_tiling: bool = struct.field(pytree_node=False, default=False)
+  kernel_h: tuple = pytree.field(pytree_node=False)
+  kernel_w: tuple | None = pytree.field(pytree_node=False, default=None)
+  threshold: float = pytree.field(pytree_node=False, default=3e-2)
+  drop_last_tap: bool = pytree.field(pytree_node=False, default=True)
+  ddrm_tiling: bool = pytree.field(pytree_node=False, default=False)
 
   def __post_init__(self):
     object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "SeparableBlur"))

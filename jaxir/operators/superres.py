@@ -22,7 +22,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from jaxir import pytree
 
 from jaxir.errors import ShapeError
 from jaxir.operators.base import SVDOperator, check_image, check_in_shape
@@ -116,7 +116,7 @@ class BicubicSR(SVDOperator):
     in_shape: static (H, W, C).
     scale: static integer factor (4, 8, 16, ...); output (ceil(H/s), ceil(W/s), C).
   """
-  scale: int = struct.field(pytree_node=False, default=4)
+  scale: int = pytree.field(pytree_node=False, default=4)
 
   def __post_init__(self):
     object.__setattr__(self, "in_shape", check_in_shape(self.in_shape, "BicubicSR"))
@@ -216,7 +216,7 @@ class AvgPoolSR(SVDOperator):
     in_shape: static (H, W, C) with H and W divisible by `scale`.
     scale: static integer block size.
   """
-  scale: int = struct.field(pytree_node=False, default=4)
+  scale: int = pytree.field(pytree_node=False, default=4)
 
   def __post_init__(self):
     shape = check_in_shape(self.in_shape, "AvgPoolSR")

@@ -49,7 +49,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from jaxir import pytree
 
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.operators.base import SVDOperator, check_image, check_in_shape
@@ -137,8 +137,8 @@ class WalshHadamardCS(SVDOperator):
     ordering: static "natural" (official `fwht`) or "sequency".
   """
   perm: jax.Array
-  ratio: float = struct.field(pytree_node=False, default=0.5)
-  ordering: str = struct.field(pytree_node=False, default="natural")
+  ratio: float = pytree.field(pytree_node=False, default=0.5)
+  ordering: str = pytree.field(pytree_node=False, default="natural")
 
   def __post_init__(self):
     shape = check_in_shape(self.in_shape, "WalshHadamardCS")

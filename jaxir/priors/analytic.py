@@ -35,7 +35,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from jaxir import pytree
 
 from jaxir.checks import check_finite, is_concrete
 from jaxir.diffusion.schedule import Schedule, get_schedule
@@ -48,7 +48,7 @@ __all__ = ["GaussianParams", "DiagGaussianParams", "GMMParams", "gaussian_prior"
 _HI = jax.lax.Precision.HIGHEST
 
 
-class GaussianParams(struct.PyTreeNode):
+class GaussianParams(pytree.PyTreeNode):
   """A Gaussian N(mean, V diag(eigvals) V^T) over (H, W, C) images.
 
   Attributes:
@@ -63,7 +63,7 @@ class GaussianParams(struct.PyTreeNode):
   alphas_cumprod: jnp.ndarray
 
 
-class DiagGaussianParams(struct.PyTreeNode):
+class DiagGaussianParams(pytree.PyTreeNode):
   """A Gaussian N(mean, diag(var)) over (H, W, C) images.
 
   Attributes:
@@ -76,7 +76,7 @@ class DiagGaussianParams(struct.PyTreeNode):
   alphas_cumprod: jnp.ndarray
 
 
-class GMMParams(struct.PyTreeNode):
+class GMMParams(pytree.PyTreeNode):
   """A mixture sum_k pi_k N(means[k], diag(variances[k])) over (H, W, C) images.
 
   Attributes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from flax import struct
+from jaxir import pytree
 
 from jaxir.diffusion.ddim import split_eps, x0_from_eps
 from jaxir.diffusion.schedule import Schedule, get_schedule
@@ -19,7 +19,7 @@ from jaxir.diffusion.schedule import Schedule, get_schedule
 __all__ = ["Prior", "make_prior", "module_apply_fn", "model_prior"]
 
 
-class Prior(struct.PyTreeNode):
+class Prior(pytree.PyTreeNode):
   """A diffusion prior.
 
   Attributes:
@@ -29,10 +29,10 @@ class Prior(struct.PyTreeNode):
     schedule: the training noise schedule.
     image_shape: static (H, W, C) the prior was trained on (None: any size).
   """
-  apply_fn: Callable = struct.field(pytree_node=False)
+  apply_fn: Callable = pytree.field(pytree_node=False)
   params: Any
   schedule: Schedule
-  image_shape: tuple | None = struct.field(pytree_node=False, default=None)
+  image_shape: tuple | None = pytree.field(pytree_node=False, default=None)
 
   def model(self, x, t):
     """Raw model output for (N, H, W, C) x and int (N,) t."""

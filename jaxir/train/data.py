@@ -24,7 +24,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from jaxir import pytree
 
 from jaxir.errors import ConfigError
 
@@ -180,7 +180,7 @@ def natural_images(split: str = "train", *, include_gray: bool = False,
   return [load_image(p, n) for p, n in items]
 
 
-class ImageBank(struct.PyTreeNode):
+class ImageBank(pytree.PyTreeNode):
   """Images of different sizes stacked into one array, so a jitted sampler can index them.
 
   Attributes:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
+from jaxir import pytree
 from jax.sharding import Mesh
 
 from jaxir.train.configs import TrainConfig
@@ -19,7 +19,7 @@ from jaxir.train.configs import TrainConfig
 __all__ = ["TrainState", "build_model", "make_apply_fn", "lr_schedule", "make_optimizer", "create_train_state", "step_keys", "memo_jit"]
 
 
-class TrainState(struct.PyTreeNode):
+class TrainState(pytree.PyTreeNode):
   """Everything a resumed run needs (all leaves are arrays, so orbax saves it whole).
 
   Attributes:
