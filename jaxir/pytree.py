@@ -18,7 +18,10 @@ different classes never share a compiled program.
 
 Unflattening calls the class with every field as a keyword (`__post_init__`
 runs), as `register_dataclass` does; key paths are `GetAttrKey(name)` for the
-leaves, so orbax checkpoints of these trees keep their layout.
+leaves, so orbax checkpoints of these trees keep their layout. The price is
+Python flattening: a jitted call taking an operator dispatches in about 11
+instead of 6 microseconds (2-core Intel Xeon, 2026-12-02), nothing beside a
+U-Net evaluation.
 """
 from __future__ import annotations
 
