@@ -91,6 +91,12 @@ class Inpaint(SVDOperator):
     """The mask broadcast to `in_shape`, as `dtype`."""
     return jnp.asarray(self.mask, dtype)
 
+  def replace(self, **updates):
+    """A copy with fields replaced; a new `mask` gets its own permutation."""
+    if "mask" in updates and "perm" not in updates:
+      updates["perm"] = None
+    return dataclasses.replace(self, **updates)
+
   def _perm(self):
     """Flat indices: observed entries first, then missing, each ascending."""
     if self.perm is None:  # only reachable for a hand-built placeholder operator
@@ -132,15 +138,6 @@ class Inpaint(SVDOperator):
     return jnp.zeros_like(u).at[self._perm()].set(u).reshape(self.in_shape)
 
 
-def _inpaint_replace(self, **updates):
-  """A copy with fields replaced; a new `mask` gets its own permutation."""
-  if "mask" in updates and "perm" not in updates:
-    updates["perm"] = None
-  return dataclasses.replace(self, **updates)
-
-
-# The mask-aware `replace` (the generic one would keep a stale permutation).
-Inpaint.replace = _inpaint_replace
 
 
 def _observed_first(mask_flat):
