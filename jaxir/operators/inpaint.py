@@ -138,8 +138,6 @@ class Inpaint(SVDOperator):
     return jnp.zeros_like(u).at[self._perm()].set(u).reshape(self.in_shape)
 
 
-
-
 def _observed_first(mask_flat):
   """Stable argsort of `mask == 0` along the last axis, int32 (observed first).
 
