@@ -1,8 +1,10 @@
 """Training-step speed on CPU: jaxir's trainer against guided-diffusion's UNetModel in PyTorch.
 
-For each shipped training config (`jaxir.train.configs.get_config`: "mnist32",
-one grey channel, and "natural64"; `--configs` picks others) this times one
-full training step as the training loop (`trainer.train_and_evaluate`) runs it:
+For the training config of each shipped prior (the `train.name` its card in
+`checkpoints/` records: "mnist32_wide" for mnist32, one grey channel, and
+"natural64"; `--configs` picks others from `jaxir.train.configs.get_config`)
+this times one full training step as the training loop
+(`trainer.train_and_evaluate`) runs it:
 
 * jaxir: `step_keys(state.rng, step)`, the jitted `make_batch_sampler` draw
   from the config's data (mnist32: the in-memory digits; natural: random
@@ -39,7 +41,7 @@ identical weights, batch, t and noise, so the two steps are seen to compute
 the same thing (`--no-check` skips it). `--breakdown` also times the parts
 (batch draw, forward, forward+backward, train step on a fixed batch).
 
-  python experiments/bench_train.py                    # mnist32 and natural64, 10 repeats
+  python experiments/bench_train.py                    # the shipped priors' configs, 10 repeats
   python experiments/bench_train.py --quick            # smoke run: 2 repeats
   python experiments/bench_train.py --configs natural64 --batch 8 --breakdown
   taskset -c 0 python experiments/bench_train.py      # one core, one thread each
@@ -67,11 +69,18 @@ def _names(s: str) -> list[str]:
   return [v.strip() for v in s.split(",") if v.strip()]
 
 
+def shipped_configs() -> list[str]:
+  """The training configs the shipped priors were trained with (their cards' `train.name`)."""
+  from jaxir.models.loading import SHIPPED, shipped_meta
+  return [shipped_meta(n)["train"]["name"] for n in SHIPPED]
+
+
 def _parse(argv):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--configs", type=_names, default=["mnist32", "natural64"],
-                  help="training configs, comma-separated (default mnist32,natural64)")
+  ap.add_argument("--configs", type=_names, default=None,
+                  help="training configs, comma-separated (default: the shipped priors' "
+                       "training configs, mnist32_wide,natural64)")
   ap.add_argument("--batch", type=int, default=None,
                   help="batch size for every config (default: each config's batch_size)")
   add_run_args(ap, warmup_help="untimed steps after the first (default 2)")
@@ -87,6 +96,8 @@ def _parse(argv):
                   help="smoke run: 2 repeats, 1 warm-up (explicit --repeats still wins)")
   args = ap.parse_args(argv)
   resolve_run_args(args)
+  if args.configs is None:
+    args.configs = shipped_configs()
   if args.batch is not None and args.batch < 1:
     ap.error(f"--batch {args.batch} must be >= 1")
   return args
@@ -423,7 +434,7 @@ def main(argv=None) -> int:
            "-" if p["torch_ms"] is None else f"{p['torch_ms']:.1f}"] for p in r["breakdown"]]))
   ok = all(r["torch_over_jaxir"] >= 1.0 for r in rows) if rows else None
   shipped = {(r["config"], r["batch"]) for r in rows} == {
-      (n, configs.get_config(n).batch_size) for n in ("mnist32", "natural64")}
+      (n, configs.get_config(n).batch_size) for n in shipped_configs()}
   result = verdict(ok, True, env["device_kind"])
   if loaded and ok is not None:
     # Eager PyTorch's OpenMP regions wait for their slowest thread, so when other jobs take
