@@ -395,3 +395,16 @@ def test_train_prior_script_passes_its_overrides(tmp_path):
   assert meta["averaged"] == {"steps": [1, 2], "count": 2} and meta["steps"] == 2
   assert average_snapshots.main([str(workdir / "snapshots"), "--out", str(tmp_path / "none"),
                                  "--first", "5"]) == 2
+
+
+def test_train_step_eigen_options_only_on_a_lone_device():
+  """The one-device compile options reach the train step only when its device is the
+  process's only one (several host devices: never, they are unsafe there)."""
+  from jax.sharding import Mesh
+  from jaxir.runtime import single_device_options
+  from jaxir.train.step import _lone_device_options
+  devs = jax.devices()
+  one = _lone_device_options(Mesh(np.array(devs[:1]), ("data",)))
+  assert one == (single_device_options(devs[0]) if len(devs) == 1 else {})
+  if len(devs) > 1:
+    assert _lone_device_options(Mesh(np.array(devs), ("data",))) == {}
