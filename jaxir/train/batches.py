@@ -18,13 +18,14 @@ __all__ = ["load_data", "make_batch_sampler"]
 def load_data(config: TrainConfig, arrays=None):
   """(train_data, eval_data) for `make_batch_sampler`; eval_data may be None.
 
-  mnist32: (N, 32, 32, 3) arrays; natural: `ImageBank`s of the train and
+  mnist32: (N, 32, 32, C) arrays (N = 4,500, or 9,500 with `data["extra_digits"]`); natural: `ImageBank`s of the train and
   held-out photographs (held-out only when every source package is installed);
   array: `arrays` = (train, eval or None) as given.
   """
   if config.dataset == "mnist32":
-    c = config.channels
-    return data_lib.mnist32("train", channels=c), data_lib.mnist32("holdout", channels=c)
+    c, extra = config.channels, bool(dict(config.data).get("extra_digits", False))
+    return (data_lib.mnist32("train", channels=c, extra_digits=extra),
+            data_lib.mnist32("holdout", channels=c))
   if config.dataset == "natural":
     d = dict(config.data)
     src = d.get("sources")

