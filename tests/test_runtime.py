@@ -68,6 +68,8 @@ def test_entries_without_access_time_are_repaired(tmp_path):
 CPU_PROBE = """
 import json, os, sys
 pre = sys.argv[1] == "started"
+if sys.argv[1] == "onecore":  # as under `taskset -c 0`
+  os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 if pre:
   import jax
   jax.devices()  # backends start before jaxir is imported: jaxir must leave them
@@ -75,10 +77,14 @@ import warnings
 with warnings.catch_warnings(record=True) as caught:
   warnings.simplefilter("always")
   import jaxir
-import jax
+import jax, jax.numpy as jnp
 warned = any("host devices" in str(w.message) for w in caught)
+conv = lambda x, w: jax.nn.silu(jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+hlo = jax.jit(conv).lower(jnp.ones((4, 16, 16, 32)), jnp.ones((3, 3, 32, 32))).compile().as_text()
+in_ynn = "ynn_fusion" in hlo  # XLA's default puts this conv + SiLU in a YNNPACK fusion
 print(json.dumps({"devices": jax.device_count(), "flags": os.environ.get("XLA_FLAGS", ""),
-                  "warned": warned}))
+                  "warned": warned, "conv_in_ynn": in_ynn}))
 """
 
 
@@ -102,16 +108,39 @@ def test_cpu_settings_keep_a_users_device_count():
   assert runtime.cpu_settings({"JAX_NUM_CPU_DEVICES": "5"})["num_cpu_devices"] is None
 
 
+def _without(d, key="conv_in_ynn"):
+  return {k: v for k, v in d.items() if k != key}
+
+
 def test_import_applies_cpu_settings_unless_told_or_too_late(tmp_path):
+  from jaxir import runtime
   cores = len(os.sched_getaffinity(0))
   out = _cpu_probe({}, tmp_path)
-  assert out == {"devices": max(cores, 1), "flags": "", "warned": False}
+  assert _without(out) == {"devices": max(cores, 1), "warned": False,
+                           "flags": "" if cores > 1 else runtime.EIGEN_XLA_FLAG}
   off = _cpu_probe({"JAXIR_CPU_SETTINGS": "0"}, tmp_path)
-  assert off == {"devices": 1, "flags": "", "warned": False}
+  assert _without(off) == {"devices": 1, "flags": "", "warned": False}
   users = _cpu_probe({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, tmp_path)
   assert users["devices"] == 3 and not users["warned"]
+  assert users["flags"] == "--xla_force_host_platform_device_count=3"
   late = _cpu_probe({}, tmp_path, mode="started")
-  assert late == {"devices": 1, "flags": "", "warned": False}
+  assert _without(late) == {"devices": 1, "flags": "", "warned": False}
+
+
+def test_one_core_process_gets_eigen_convolutions_everywhere(tmp_path):
+  # One usable core: one host device, nothing to race with, so every program gets XLA's
+  # Eigen convolutions (no YNNPACK fusion around the convolution), not only jaxir's own.
+  from jaxir import runtime
+  one = _cpu_probe({}, tmp_path, mode="onecore")
+  assert one == {"devices": 1, "flags": runtime.EIGEN_XLA_FLAG, "warned": False,
+                 "conv_in_ynn": False}
+  kept = _cpu_probe({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}, tmp_path, mode="onecore")
+  assert kept["flags"] == f"--xla_cpu_enable_fast_math=false {runtime.EIGEN_XLA_FLAG}"
+  assert not kept["conv_in_ynn"]
+  for env in ({"JAXIR_EIGEN_CONV": "0"}, {"JAXIR_CPU_SETTINGS": "0"}, {"JAX_NUM_CPU_DEVICES": "1"}):
+    assert _cpu_probe(env, tmp_path, mode="onecore")["flags"] == "", env
+  own = f"{runtime.UNSAFE_XLA_FLAG}=individual_dot"
+  assert _cpu_probe({"XLA_FLAGS": own}, tmp_path, mode="onecore")["flags"] == own
 
 
 def test_import_warns_about_the_racing_flag_with_several_devices(tmp_path):
