@@ -429,6 +429,15 @@ def test_export_prior_loads_in_guided_diffusion(tmp_path):
       w, np.transpose(params["params"]["input_blocks_0_0"]["kernel"], (3, 2, 0, 1)))
   _, back = jaxir.models.load(meta["model"], st, arch="adm")
   assert _tree_equal(back, params)
+  # The export's own card gives the architecture: by path alone, or under a shipped name.
+  for name in (None, "mnist32"):
+    _, by_card = jaxir.models.load(name, st)
+    assert _tree_equal(by_card, params)
+  from jaxir.priors import load_prior
+  assert _tree_equal(load_prior(None, st).params, params)
+  os.remove(js)
+  with pytest.raises(jaxir.errors.CheckpointError, match="no jaxir export card"):
+    jaxir.models.load("mnist32", st)
   # Fine-tuning from the exported file starts from exactly these weights (params and EMA).
   ft = cfg.replace(init_from=st)
   s0 = trainer.restore_or_init(trainer.checkpoint_manager(str(tmp_path / "ft"), ft), ft, model)

@@ -25,8 +25,8 @@ from jaxir.models.convert import (adm_params_from_state_dict, adm_state_dict_fro
                                   ddpm_state_dict_from_params, ddpm_state_dict_shapes,
                                   from_torch, load_converted, save_converted, to_torch)
 from jaxir.models.ddpm_unet import DDPMConfig, DDPMUNet, ddpm_config
-from jaxir.models.loading import (SHIPPED, checkpoint_dir, load, load_shipped, register_shipped,
-                                  shipped_meta, shipped_names)
+from jaxir.models.loading import (SHIPPED, checkpoint_dir, export_card, load, load_shipped,
+                                  register_shipped, shipped_meta, shipped_names)
 from jaxir.models.named_configs import NAMED_CONFIGS, NamedConfig, get_config
 from jaxir.models.state_dict import read_state_dict, write_safetensors
 
@@ -35,6 +35,6 @@ __all__ = ["ADMConfig", "ADMUNet", "adm_config", "timestep_embedding", "NAMED_CO
            "read_state_dict", "write_safetensors", "DDPMConfig", "DDPMUNet", "ddpm_config",
            "ddpm_config_from_diffusers", "ddpm_params_from_state_dict",
            "ddpm_state_dict_from_params", "ddpm_state_dict_shapes", "SHIPPED", "checkpoint_dir",
-           "load_shipped", "shipped_meta", "from_torch", "to_torch", "load_converted",
+           "load_shipped", "shipped_meta", "export_card", "from_torch", "to_torch", "load_converted",
            "save_converted", "adm_params_from_state_dict", "adm_state_dict_from_params",
            "adm_state_dict_shapes", "check_state_dict_shapes", "count_params"]

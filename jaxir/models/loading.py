@@ -26,7 +26,7 @@ from jaxir.models.convert import from_torch, load_converted
 from jaxir.models.named_configs import NAMED_CONFIGS
 
 __all__ = ["load", "register_shipped", "shipped_names", "SHIPPED", "checkpoint_dir",
-           "shipped_meta", "load_shipped"]
+           "shipped_meta", "load_shipped", "export_card"]
 
 SHIPPED = ("mnist32", "natural64")
 
@@ -59,7 +59,9 @@ def load(name_or_config: Any, path: str | os.PathLike | None = None, *, arch: st
 
   Args:
     name_or_config: a name in `NAMED_CONFIGS` (or a shipped prior), a dict of
-      upstream arguments, or an `ADMConfig`.
+      upstream arguments, or an `ADMConfig`. None (or a shipped prior's name) with
+      a jaxir export as `path` (`<stem>.safetensors` with `<stem>.json` beside it,
+      what `experiments/train_prior.py` writes): the architecture comes from that card.
     path: the checkpoint: a PyTorch/safetensors/npz file (converted on the
       fly) or a directory written by the converter (`load_converted`). None
       loads a shipped prior.
@@ -82,7 +84,27 @@ def load(name_or_config: Any, path: str | os.PathLike | None = None, *, arch: st
                           f"{sorted(NAMED_CONFIGS)}.")
   if os.path.isdir(path):
     return load_converted(path, dtype=dtype)
+  if name_or_config is None or (isinstance(name_or_config, str) and name_or_config in SHIPPED):
+    card = export_card(path)
+    if card is None:
+      raise CheckpointError(
+          f"{path}: no jaxir export card ({Path(path).with_suffix('.json').name}) beside it, "
+          f"so its architecture is unknown; pass the model arguments (a dict or a named "
+          f"config: {sorted(NAMED_CONFIGS)}) instead of {name_or_config!r}.")
+    return from_torch(str(path), arch=card.get("arch", "adm"), config=dict(card["model"]),
+                      dtype=dtype)
   return from_torch(path, arch=arch, config=name_or_config, dtype=dtype)
+
+
+def export_card(path: str | os.PathLike) -> dict | None:
+  """The JSON card beside a jaxir export `<stem>.safetensors` (None if there is none)."""
+  p = Path(path)
+  js = p.with_suffix(".json")
+  if p.suffix != ".safetensors" or not js.is_file():
+    return None
+  with open(js) as f:
+    card = json.load(f)
+  return card if isinstance(card, dict) and isinstance(card.get("model"), dict) else None
 
 
 def checkpoint_dir() -> Path:
