@@ -18,8 +18,9 @@ __all__ = ["load_data", "make_batch_sampler"]
 def load_data(config: TrainConfig, arrays=None):
   """(train_data, eval_data) for `make_batch_sampler`; eval_data may be None.
 
-  mnist32: (N, 32, 32, C) arrays (N = 4,500, or 9,500 with `data["extra_digits"]`); natural: `ImageBank`s of the train and
-  held-out photographs (held-out only when every source package is installed);
+  mnist32: (N, 32, 32, C) arrays (N = 4,500, or 9,500 with `data["extra_digits"]`);
+  natural: `ImageBank`s of the train and held-out photographs (held-out only when every
+  source package is installed);
   array: `arrays` = (train, eval or None) as given.
   """
   if config.dataset == "mnist32":
