@@ -40,8 +40,8 @@ race with, so there `apply_cpu_settings` adds the option to XLA_FLAGS for every 
 2026-12-03: shipped mnist32 forward 1.63x faster at batch 8, 1.22x at batch 100, equal at
 batch 1; the training step 1.27-1.32x (docs/performance.md). Do not start JAX work on
 another host device from another thread while such a solve runs. `JAXIR_EIGEN_CONV=0`
-(or `JAXIR_CPU_SETTINGS=0`) turns the option off; `import jaxir` warns when XLA_FLAGS sets it together with several
-host devices.
+(or `JAXIR_CPU_SETTINGS=0`) turns the option off; `import jaxir` warns when XLA_FLAGS sets
+it together with several host devices.
 
 A first `jaxir demo` spends most of its time compiling; with JAX's persistent
 compilation cache the compiled programs are stored on disk and a second run
