@@ -79,7 +79,7 @@ from pathlib import Path
 
 import jax
 
-__all__ = ["default_cache_dir", "enable_compilation_cache", "compilation_cache_dir",
+__all__ = ["user_cache_dir", "default_cache_dir", "enable_compilation_cache", "compilation_cache_dir",
            "MIN_COMPILE_SECS", "MAX_CACHE_BYTES", "repair_access_times", "cpu_settings", "apply_cpu_settings",
            "UNSAFE_XLA_FLAG", "EIGEN_XLA_FLAG", "SINGLE_DEVICE_OPTIONS", "single_device_options"]
 
@@ -107,6 +107,12 @@ def _bounded() -> bool:
   return True
 
 
+def user_cache_dir() -> Path:
+  """jaxir's user cache folder, `$XDG_CACHE_HOME/jaxir` (or `~/.cache/jaxir`)."""
+  base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+  return Path(base) / "jaxir"
+
+
 def default_cache_dir() -> Path:
   """`$XDG_CACHE_HOME/jaxir/xla` (or `~/.cache/...`); `xla-unbounded` without `filelock`.
 
@@ -114,8 +120,7 @@ def default_cache_dir() -> Path:
   an unbounded writer (another environment without `filelock`) adds entries without one,
   after which JAX failed every write of the bounded cache with a warning.
   """
-  base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-  return Path(base) / "jaxir" / ("xla" if _bounded() else "xla-unbounded")
+  return user_cache_dir() / ("xla" if _bounded() else "xla-unbounded")
 
 
 def repair_access_times(folder: str | os.PathLike) -> int:

