@@ -92,6 +92,9 @@ def _parse(argv):
   ap.add_argument("--breakdown", action="store_true",
                   help="also time the parts: batch draw, forward, forward+backward, and "
                        "jaxir's train step on a fixed batch")
+  ap.add_argument("--placement", choices=("auto", "split", "one"), default="auto",
+                  help="where jaxir's step runs with several host devices (default auto: as "
+                       "the trainer, time both and keep the faster; jaxir.train.placement)")
   ap.add_argument("--quick", action="store_true",
                   help="smoke run: 2 repeats, 1 warm-up (explicit --repeats still wins)")
   args = ap.parse_args(argv)
@@ -101,6 +104,12 @@ def _parse(argv):
   if args.batch is not None and args.batch < 1:
     ap.error(f"--batch {args.batch} must be >= 1")
   return args
+
+
+def _placement_cell(r) -> str:
+  """'one (split 829, one 772)': the placement and, when timed, both medians in ms."""
+  timed = ", ".join(f"{k} {v:.0f}" for k, v in r.get("placement_ms", {}).items())
+  return r["placement"] + (f" ({timed})" if timed else "")
 
 
 def _load_avgs() -> str:
@@ -329,8 +338,14 @@ def bench_config(name: str, args, threads: int) -> dict:
     cfg = cfg.replace(batch_size=args.batch)
   key = jax.random.key(args.seed)
   cfg, data, data_desc = _data(cfg, args)
-  mesh = trainer.data_mesh()
   model = trainer.build_model(cfg)
+  # Where the step runs: as train_and_evaluate chooses for a long run (auto: time both).
+  placed = trainer.choose_placement(cfg, model, data, args.placement)
+  mesh = placed.mesh
+  if placed.ms:
+    print(f"  {name}: placement {placed.name} (timed: "
+          + ", ".join(f"{k} {v:.0f} ms" for k, v in placed.ms.items()) + ")",
+          file=sys.stderr, flush=True)
   apply_fn = trainer.make_apply_fn(model)
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state = jax.jit(lambda k: trainer.create_train_state(cfg, model, k), out_shardings=repl)(key)
@@ -347,9 +362,7 @@ def bench_config(name: str, args, threads: int) -> dict:
     check = _check(cfg, apply_fn, state.params, tloop, abar, jax.random.fold_in(key, 8))
     print(f"  {name}: check loss rel diff {check['loss_rel_diff']:.1e}, grad-norm rel diff "
           f"{check['grad_norm_rel_diff']:.1e}", file=sys.stderr, flush=True)
-  own_dtype = cfg.compute_dtype == "bfloat16"  # as train_and_evaluate: the model casts itself
-  train_step = trainer.make_train_step(cfg, apply_fn, mesh,
-                                       cast_dtype=jax.numpy.float32 if own_dtype else None)
+  train_step = trainer.model_train_step(cfg, model, mesh)
   jloop = JaxirLoop(cfg, state, sampler, train_step, data, trainer.step_keys)
   t0 = time.perf_counter()
   jloop()  # compiles the sampler and the train step
@@ -365,7 +378,8 @@ def bench_config(name: str, args, threads: int) -> dict:
   parts = _breakdown(cfg, args, apply_fn, jloop, tloop, data, abar) if args.breakdown else None
   return {"config": name, "batch": cfg.batch_size, "image_size": cfg.image_size,
           "channels": cfg.channels, "num_params": nparams, "torch_num_params": torch_n,
-          "devices": mesh.size, "data": data_desc, "jaxir_ms": 1e3 * tj.median,
+          "devices": mesh.size, "placement": placed.name, "placement_ms": placed.ms,
+          "data": data_desc, "jaxir_ms": 1e3 * tj.median,
           "torch_ms": 1e3 * tt.median, "jaxir_steps_per_s": 1.0 / tj.median,
           "torch_steps_per_s": 1.0 / tt.median, "torch_over_jaxir": tt.median / tj.median,
           "jaxir_first_step_s": first_s, "torch_first_step_s": torch_first_s,
@@ -407,10 +421,11 @@ def main(argv=None) -> int:
             f"- per step: batch draw + eps loss on random t, noise + AdamW (grad clipping) + EMA; "
             f"repeats {args.repeats} (median; jaxir and PyTorch steps alternate), warm-up "
             f"{args.warmup} after a first (compiling) step", ""]
-  head = ["config", "params", "batch", "jaxir ms / step", "torch ms / step", "jaxir steps/s",
+  head = ["config", "params", "batch", "jaxir placement", "jaxir ms / step", "torch ms / step", "jaxir steps/s",
           "torch steps/s", "torch / jaxir", "jaxir first step s", "load (1, 5, 15) after"]
   lines.append(markdown_table(head, [
-      [r["config"], f"{r['num_params'] / 1e6:.2f}M", r["batch"], f"{r['jaxir_ms']:.0f}",
+      [r["config"], f"{r['num_params'] / 1e6:.2f}M", r["batch"], _placement_cell(r),
+       f"{r['jaxir_ms']:.0f}",
        f"{r['torch_ms']:.0f}", f"{r['jaxir_steps_per_s']:.2f}", f"{r['torch_steps_per_s']:.2f}",
        f"{r['torch_over_jaxir']:.2f}", f"{r['jaxir_first_step_s']:.1f}", r["load_avg_after"]]
       for r in rows]))

@@ -53,15 +53,20 @@ def main(argv=None) -> int:
                   "(for experiments/average_snapshots.py)")
   ap.add_argument("--export-name", default=None,
                   help="file stem of the export (default: the config's name)")
+  ap.add_argument("--placement", choices=("auto", "split", "one"), default="auto",
+                  help="with several host devices: split the batch over them, run it on one "
+                  "device with XLA's Eigen convolutions, or time both first and keep the faster "
+                  "(auto, for runs of 300 steps or more; jaxir.train.placement)")
   args = ap.parse_args(argv)
 
-  # `import jaxir` made one host device per usable core (jaxir.runtime) and the trainer splits
-  # the batch over them (data parallel; on this project's 2-core AMD EPYC a step takes 577 ms
-  # instead of 813 ms, mnist32 batch 32, docs/performance.md).
+  # `import jaxir` made one host device per usable core (jaxir.runtime); the trainer splits
+  # the batch over them or runs it on one of them, whichever a few timed steps say is faster
+  # (jaxir.train.placement; docs/performance.md).
   import jax
   from tqdm import tqdm
 
   from jaxir.train import configs, trainer
+  from jaxir.train.placement import AUTO_MIN_STEPS
 
   cfg = configs.get_config(args.config)
   over = {k: v for k, v in (("seed", args.seed), ("batch_size", args.batch_size),
@@ -90,6 +95,7 @@ def main(argv=None) -> int:
 
   bar = {"bar": None}
   devices = jax.devices()
+  placed = {"name": None}
 
   def callback(step, rec):
     if bar["bar"] is None:
@@ -97,6 +103,11 @@ def main(argv=None) -> int:
                         unit="step")
     b = bar["bar"]
     b.update(step - b.n)
+    if rec is not None and "placement" in rec:
+      timed = ", ".join(f"{k} {v:.0f} ms" for k, v in rec.get("placement_ms", {}).items())
+      placed["name"] = rec["placement"]
+      b.write(f"placement: {rec['placement']}" + (f" (timed: {timed})" if timed else ""),
+              file=sys.stderr)
     if rec is not None:
       post = {"loss": f"{rec['loss']:.4f}", "it/s": f"{rec['steps_per_sec']:.2f}"}
       if "eval_loss" in rec:
@@ -106,8 +117,12 @@ def main(argv=None) -> int:
 
   print(f"{cfg.name}: {len(devices)} x {devices[0].device_kind}, global batch {cfg.batch_size}, "
         f"target {total} steps, workdir {args.workdir}", file=sys.stderr)
+  if args.placement == "auto" and len(devices) > 1:
+    print(f"placement: runs of {AUTO_MIN_STEPS}+ steps first time a few steps split over the "
+          f"{len(devices)} devices and on one (about a minute; --placement split|one skips it)",
+          file=sys.stderr)
   state = trainer.train_and_evaluate(cfg, args.workdir, num_steps=total, time_budget_s=budget,
-                                     callback=callback)
+                                     callback=callback, placement=args.placement)
   if bar["bar"] is not None:
     bar["bar"].close()
   step = int(state.step)
@@ -121,6 +136,7 @@ def main(argv=None) -> int:
              "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
              "train_time_s": recs[-1].get("train_time_s") if recs else None,
              "hardware": f"{len(devices)} x {devices[0].device_kind}",
+             "placement": placed["name"],
              "jax": jax.__version__}
     out = args.export or os.path.join(args.workdir, "export")
     paths = trainer.export_prior(trainer.build_model(cfg), state.ema_params, cfg, out,

@@ -489,14 +489,72 @@ def test_train_prior_script_passes_its_overrides(tmp_path):
                                  "--first", "5"]) == 2
 
 
-def test_train_step_eigen_options_only_on_a_lone_device():
-  """The one-device compile options reach the train step only when its device is the
-  process's only one (several host devices: never, they are unsafe there)."""
+def test_train_step_eigen_options_on_one_device_meshes_only():
+  """The one-device compile options reach the train step of a one-device mesh, never
+  that of a mesh of several host devices."""
   from jax.sharding import Mesh
   from jaxir.runtime import single_device_options
-  from jaxir.train.step import _lone_device_options
+  from jaxir.train.step import _one_device_options
   devs = jax.devices()
-  one = _lone_device_options(Mesh(np.array(devs[:1]), ("data",)))
-  assert one == (single_device_options(devs[0]) if len(devs) == 1 else {})
+  assert _one_device_options(Mesh(np.array(devs[:1]), ("data",))) == single_device_options(devs[0])
   if len(devs) > 1:
-    assert _lone_device_options(Mesh(np.array(devs), ("data",))) == {}
+    assert _one_device_options(Mesh(np.array(devs), ("data",))) == {}
+
+
+_PLACEMENT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import jax, jax.numpy as jnp, numpy as np
+from test_train import TinyEps, _cfg, _metrics
+from jaxir import runtime
+from jaxir.train import choose_placement, trainer
+cfg = _cfg(batch_size=4, dataset="array")
+rng = np.random.default_rng(0)
+arrays = (rng.uniform(-1, 1, (32, 16, 16, 3)).astype(np.float32), None)
+out = {"devices": len(jax.devices()), "options": runtime.single_device_options()}
+for name in ("split", "one"):
+  # one device: work pending on device 1 when each step starts (one_device_call waits)
+  busy = jax.jit(lambda a: jnp.tanh(a @ a) @ a)(jax.device_put(jnp.eye(512), jax.devices()[1]))
+  st = trainer.train_and_evaluate(cfg, sys.argv[2] + "/" + name, model=TinyEps(), num_steps=4,
+                                  arrays=arrays, placement=name)
+  out[name] = [r["loss"] for r in _metrics(sys.argv[2] + "/" + name)]
+  out[name + "_placement"] = _metrics(sys.argv[2] + "/" + name)[0]["placement"]
+  out[name + "_devices"] = len(st.params["params"]["Conv_0"]["kernel"].sharding.device_set)
+  out[name + "_params"] = [np.asarray(a).ravel()[:50].tolist() for a in jax.tree.leaves(st.params)]
+  out["busy_finite"] = bool(jnp.isfinite(busy).all())
+p = choose_placement(cfg, TinyEps(), arrays[0], steps=2)
+out["auto"] = [p.name, sorted(p.ms), len(p.mesh.devices.flat), p.seconds]
+out["auto_odd"] = choose_placement(cfg.replace(batch_size=3), TinyEps(), arrays[0]).name
+out["auto_untimed"] = choose_placement(cfg, TinyEps(), arrays[0], steps=0).name
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_training_on_one_device_beside_another_matches_the_split(tmp_path):
+  # "one" (Eigen options, one_device_call) and "split" (two host devices) train alike;
+  # "auto" times both, and falls back without timing when it need not.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  env.pop("JAXIR_EIGEN_CONV", None)
+  env.pop("JAXIR_CPU_SETTINGS", None)
+  proc = subprocess.run([sys.executable, "-c", _PLACEMENT, os.path.dirname(__file__),
+                         str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.split("RESULT")[-1])
+  assert out["devices"] == 2 and out["options"]
+  assert out["split_placement"] == "split" and out["split_devices"] == 2
+  assert out["one_placement"] == "one" and out["one_devices"] == 1
+  np.testing.assert_allclose(out["one"], out["split"], rtol=1e-5)
+  for a, b in zip(out["one_params"], out["split_params"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert out["busy_finite"]
+  name, timed, ndev, seconds = out["auto"]
+  assert timed == ["one", "split"] and seconds > 0
+  assert (name, ndev) in (("one", 1), ("split", 2))
+  assert out["auto_odd"] == "one" and out["auto_untimed"] == "split"
+
+
+def test_choose_placement_rejects_unknown_names():
+  from jaxir.train import choose_placement
+  with pytest.raises(ConfigError, match="unknown placement 'two'"):
+    choose_placement(_cfg(), TinyEps(), np.zeros((4, 16, 16, 3), np.float32), "two")

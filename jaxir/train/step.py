@@ -18,12 +18,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxir.diffusion.schedule import get_schedule
 from jaxir.errors import ConfigError
-from jaxir.parallel import data_mesh
+from jaxir.parallel import data_mesh, one_device_call
 from jaxir.runtime import single_device_options
 from jaxir.train.configs import TrainConfig
-from jaxir.train.state import TrainState, lr_schedule, make_optimizer, memo_jit
+from jaxir.train.state import TrainState, lr_schedule, make_apply_fn, make_optimizer, memo_jit
 
-__all__ = ["cast_tree", "diffusion_loss", "sample_timesteps", "make_train_step", "make_eval_loss"]
+__all__ = ["cast_tree", "diffusion_loss", "sample_timesteps", "make_train_step",
+           "model_train_step", "make_eval_loss"]
 
 
 def cast_tree(tree, dtype):
@@ -104,10 +105,13 @@ def make_train_step(config: TrainConfig, apply_fn: Callable, mesh: Mesh | None =
 
   The batch is sharded along its first axis over the mesh's "data" axis; the
   state is replicated; gradients are averaged by the compiler (data parallel).
-  When the process has a single CPU device (a run pinned to one core) the step is
-  compiled with `jaxir.runtime.single_device_options` (XLA's Eigen convolutions:
-  1.27-1.32x faster steps on one core of a 2-core Intel Xeon, docs/performance.md);
-  never with several host devices, where such programs are unsafe.
+  On a one-device CPU mesh the step is compiled with
+  `jaxir.runtime.single_device_options` (XLA's Eigen convolutions: 1.27-1.32x
+  faster steps on one core of a 2-core Intel Xeon, docs/performance.md); when
+  the process has other host devices it then runs through
+  `jaxir.parallel.one_device_call` (alone, and returning finished arrays), since
+  such programs are only trusted while no other host device works. A mesh of
+  several devices gets XLA's defaults.
 
   Args:
     config: the run's config (optimizer, EMA decay, schedule, compute dtype).
@@ -121,6 +125,14 @@ def make_train_step(config: TrainConfig, apply_fn: Callable, mesh: Mesh | None =
   mesh = data_mesh() if mesh is None else mesh
   return memo_jit("train_step", config, mesh, (apply_fn, donate, str(cast_dtype)),
                lambda: _make_train_step(config, apply_fn, mesh, donate, cast_dtype))
+
+
+def model_train_step(config: TrainConfig, model, mesh: Mesh | None = None) -> Callable:
+  """`make_train_step` for a Flax module `model(x, t)`, as `train_and_evaluate` runs it
+  (a module that computes in bfloat16 itself gets float32 inputs)."""
+  own_dtype = getattr(model, "dtype", None) == jnp.bfloat16  # ADMUNet(dtype=bfloat16)
+  return make_train_step(config, make_apply_fn(model), mesh,
+                         cast_dtype=jnp.float32 if own_dtype else None)
 
 
 def _make_train_step(config, apply_fn, mesh, donate, cast_dtype):
@@ -148,18 +160,20 @@ def _make_train_step(config, apply_fn, mesh, donate, cast_dtype):
     return state.replace(step=state.step + 1, params=params, ema_params=ema,
                          opt_state=opt_state), metrics
 
-  return jax.jit(train_step, in_shardings=(repl, shard, repl), out_shardings=(repl, repl),
-                 donate_argnums=(0,) if donate else (),
-                 compiler_options=_lone_device_options(mesh) or None)
-
-
-def _lone_device_options(mesh: Mesh) -> dict:
-  """One-device compile options when the mesh's device is the process's only one
-  of its platform (no other host device can run beside the program)."""
+  options = _one_device_options(mesh)
+  step = jax.jit(train_step, in_shardings=(repl, shard, repl), out_shardings=(repl, repl),
+                 donate_argnums=(0,) if donate else (), compiler_options=options or None)
   device = mesh.devices.flat[0]
-  if mesh.size != 1 or len(jax.devices(device.platform)) != 1:
+  if not options or len(jax.devices(device.platform)) == 1:
+    return step
+  return lambda state, batch, key: one_device_call(device, step, state, batch, key)
+
+
+def _one_device_options(mesh: Mesh) -> dict:
+  """`single_device_options` for a one-device mesh, {} for a mesh of several."""
+  if mesh.size != 1:
     return {}
-  return single_device_options(device)
+  return single_device_options(mesh.devices.flat[0])
 
 
 def make_eval_loss(config: TrainConfig, apply_fn: Callable, mesh: Mesh | None = None):

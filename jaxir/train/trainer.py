@@ -42,7 +42,8 @@ from jaxir.train.checkpoints import checkpoint_manager, export_prior, restore_or
 from jaxir.train.grids import sample_grid, save_grid
 from jaxir.train.state import (TrainState, build_model, create_train_state, make_apply_fn,
                                make_optimizer, memo_jit, step_keys)
-from jaxir.train.step import diffusion_loss, make_eval_loss, make_train_step
+from jaxir.train.placement import AUTO_MIN_STEPS, choose_placement
+from jaxir.train.step import diffusion_loss, make_eval_loss, make_train_step, model_train_step
 
 
 __all__ = ["TrainState", "build_model", "make_apply_fn", "make_optimizer", "create_train_state",
@@ -85,7 +86,7 @@ def _check_workdir_config(workdir: str, config: TrainConfig):
 def train_and_evaluate(config: TrainConfig, workdir: str, *, model=None,
                        num_steps: int | None = None, time_budget_s: float | None = None,
                        callback: Callable[[int, dict], None] | None = None, arrays=None,
-                       mesh: Mesh | None = None) -> TrainState:
+                       mesh: Mesh | None = None, placement: str = "auto") -> TrainState:
   """Train (or resume) until `num_steps` total steps or the time budget runs out.
 
   Files in `workdir`: config.json, checkpoints/ (orbax, each `checkpoint_every`
@@ -104,25 +105,32 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, model=None,
       at log steps and None otherwise (progress bars); a truthy return stops the
       run after checkpointing (e.g. on a caught SIGINT).
     arrays: (train, eval) images for dataset "array".
-    mesh: device mesh (default: all devices).
+    mesh: device mesh (default: chosen by `placement`).
+    placement: without `mesh`: "split" (the batch over all devices), "one" (one
+      device, XLA's Eigen convolutions on a CPU) or "auto" (`choose_placement`: on a
+      CPU host with several devices, a run of at least `AUTO_MIN_STEPS` steps times
+      both first and keeps the faster; a shorter one splits). The first metrics
+      record of the call gives the choice ("placement", "placement_ms").
 
   Returns:
     the final `TrainState`.
   """
   t_start = time.monotonic()
-  mesh = data_mesh() if mesh is None else mesh
   model = build_model(config) if model is None else model
   apply_fn = make_apply_fn(model)
   num_steps = config.num_steps if num_steps is None else num_steps
   _check_workdir_config(workdir, config)
-  repl = NamedSharding(mesh, P())
   train_data, eval_data = load_data(config, arrays)
+  mngr = checkpoint_manager(os.path.join(workdir, "checkpoints"), config)
+  chosen = None
+  if mesh is None:
+    short = num_steps - (mngr.latest_step() or 0) < AUTO_MIN_STEPS
+    chosen = choose_placement(config, model, train_data, placement, steps=0 if short else 4)
+    mesh = chosen.mesh
+  repl = NamedSharding(mesh, P())
   train_data = jax.device_put(train_data, repl)
   sampler = make_batch_sampler(config, mesh)
-  own_dtype = getattr(model, "dtype", None) == jnp.bfloat16  # ADMUNet(dtype=bfloat16)
-  train_step = make_train_step(config, apply_fn, mesh,
-                               cast_dtype=jnp.float32 if own_dtype else None)
-  mngr = checkpoint_manager(os.path.join(workdir, "checkpoints"), config)
+  train_step = model_train_step(config, model, mesh)
   state = restore_or_init(mngr, config, model, mesh)
   step = int(state.step)
   base = jax.random.key(config.seed)
@@ -167,6 +175,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str, *, model=None,
              "steps_per_sec": steps_log / max(now - t_log, 1e-9),
              "train_time_s": prior_time + now - t_start}
       losses, t_log, steps_log = [], now, 0
+      if chosen is not None:  # the first record of this call says where it ran
+        rec["placement"] = chosen.name
+        if chosen.ms:
+          rec["placement_ms"] = chosen.ms
+        chosen = None
       if eval_fn is not None and (step % config.eval_every == 0 or last):
         rec["eval_loss"] = float(eval_fn(state.ema_params, eval_batch, k_eval))
       record(rec)
