@@ -458,9 +458,12 @@ def test_train_prior_script_passes_its_overrides(tmp_path):
       [sys.executable, os.path.join(root, "experiments", "train_prior.py"), "--config", "tiny",
        "--workdir", str(workdir), "--steps", "2", "--learning-rate", "5e-4",
        "--lr-schedule", "cosine", "--warmup-steps", "1", "--sample-every", "0",
-       "--snapshot-every", "1", "--t-lognormal", "0.5"],
+       "--snapshot-every", "1", "--t-lognormal", "0.5", "--placement", "one"],
       capture_output=True, text=True, timeout=600, cwd=tmp_path)
   assert r.returncode == 0, r.stderr[-2000:]
+  assert "placement: one" in r.stderr
+  assert _metrics(workdir)[0]["placement"] == "one"
+  assert json.loads((workdir / "export" / "tiny.json").read_text())["placement"] == "one"
   rec = json.loads((workdir / "config.json").read_text())
   assert (rec["learning_rate"], rec["lr_schedule"], rec["warmup_steps"]) == (5e-4, "cosine", 1)
   assert rec["t_lognormal"] == 0.5
