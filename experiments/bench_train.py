@@ -107,7 +107,7 @@ def _parse(argv):
 
 
 def _placement_cell(r) -> str:
-  """'one (split 829, one 772)': the placement and, when timed, both medians in ms."""
+  """'one (split 829, one 772)': the placement and, when timed, each one's fastest step in ms."""
   timed = ", ".join(f"{k} {v:.0f}" for k, v in r.get("placement_ms", {}).items())
   return r["placement"] + (f" ({timed})" if timed else "")
 
@@ -343,9 +343,8 @@ def bench_config(name: str, args, threads: int) -> dict:
   placed = trainer.choose_placement(cfg, model, data, args.placement)
   mesh = placed.mesh
   if placed.ms:
-    print(f"  {name}: placement {placed.name} (timed: "
-          + ", ".join(f"{k} {v:.0f} ms" for k, v in placed.ms.items()) + ")",
-          file=sys.stderr, flush=True)
+    cell = _placement_cell({"placement": placed.name, "placement_ms": placed.ms})
+    print(f"  {name}: placement {cell} ms", file=sys.stderr, flush=True)
   apply_fn = trainer.make_apply_fn(model)
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state = jax.jit(lambda k: trainer.create_train_state(cfg, model, k), out_shardings=repl)(key)
@@ -421,8 +420,8 @@ def main(argv=None) -> int:
             f"- per step: batch draw + eps loss on random t, noise + AdamW (grad clipping) + EMA; "
             f"repeats {args.repeats} (median; jaxir and PyTorch steps alternate), warm-up "
             f"{args.warmup} after a first (compiling) step", ""]
-  head = ["config", "params", "batch", "jaxir placement", "jaxir ms / step", "torch ms / step", "jaxir steps/s",
-          "torch steps/s", "torch / jaxir", "jaxir first step s", "load (1, 5, 15) after"]
+  head = ["config", "params", "batch", "jaxir placement", "jaxir ms / step", "torch ms / step",
+          "jaxir steps/s", "torch steps/s", "torch / jaxir", "jaxir first step s", "load (1, 5, 15) after"]
   lines.append(markdown_table(head, [
       [r["config"], f"{r['num_params'] / 1e6:.2f}M", r["batch"], _placement_cell(r),
        f"{r['jaxir_ms']:.0f}",
