@@ -18,7 +18,8 @@ on [-1, 1] images is sqrt(1 - abar_t) / sqrt(abar_t).
 mnist32 also gets the sample checks of issue 18: a small CNN digit classifier
 is trained here on the 4,500 training digits (its held-out accuracy is
 printed) and applied to `--samples` DDIM-50 samples (eta 0; `--sample-steps` and
-`--eta` change the sampler): the fraction
+`--eta` change the sampler, `--sampler edm` uses EDM's stochastic Heun sampler with
+`--sample-steps` steps and `--churn`): the fraction
 labelled with p >= 0.9, the fraction of each digit (goal: 4-16% each), and the
 distance of each sample to its nearest training digit against the same for
 held-out digits (a ratio near 1: digit-like and not copies; far above 1: not
@@ -211,27 +212,31 @@ def nearest_distance(x, bank, batch: int = 256) -> np.ndarray:
 
 
 def ddim_samples(prior, key, n: int, side: int, channels: int, batch: int = 100,
-                 steps: int = 50, eta: float = 0.0):
-  """n unconditional DDIM samples (`steps` steps, `eta`) of the prior, (n, side, side, C).
+                 steps: int = 50, eta: float = 0.0, sampler: str = "ddim", churn: float = 80.0):
+  """n unconditional samples of the prior, (n, side, side, C): DDIM (`steps` steps,
+  `eta`) or, with sampler "edm", EDM's stochastic sampler (`steps` steps, `churn`).
 
-  A progress bar on stderr counts the network evaluations (n x steps; DDIM-1000 of 200
-  digits is about 40 minutes on one CPU core)."""
+  A progress bar on stderr counts the network evaluations (n x steps, or n x (2 steps - 1)
+  for EDM; DDIM-1000 of 200 digits is about 40 minutes on one CPU core)."""
   from jaxir.progress import track, with_progress
   from jaxir.train.trainer import sample_grid
   counted = with_progress(prior)
   out = []
-  with track(total=n * steps, desc=f"DDIM-{steps} samples", unit="img-step"):
+  nfe = 2 * steps - 1 if sampler == "edm" else steps
+  with track(total=n * nfe, desc=f"{sampler.upper()}-{steps} samples", unit="img-step"):
     for i in range(0, n, batch):
       m = min(batch, n - i)
       out.append(np.asarray(sample_grid(counted.apply_fn, counted.params,
                                         jax.random.fold_in(key, i),
-                                        (m, side, side, channels), steps=steps, eta=eta)))
+                                        (m, side, side, channels), steps=steps, eta=eta,
+                                        sampler=sampler, churn=churn)))
   return np.concatenate(out)
 
 
 def digit_checks(prior, key, *, samples: int, channels: int, epochs: int,
                  samples_out=None, steps: int = 50, eta: float = 0.0,
-                 extra_digits: bool = False) -> dict:
+                 extra_digits: bool = False, sampler: str = "ddim",
+                 churn: float = 80.0) -> dict:
   """Issue 18's sample checks of a digit prior (see the module docstring)."""
   from jaxir.train import data
   t0 = time.perf_counter()
@@ -243,7 +248,7 @@ def digit_checks(prior, key, *, samples: int, channels: int, epochs: int,
   t_clf = time.perf_counter() - t0
   t0 = time.perf_counter()
   xs = ddim_samples(prior, jax.random.fold_in(key, 2), samples, 32, channels, steps=steps,
-                    eta=eta)
+                    eta=eta, sampler=sampler, churn=churn)
   t_samp = time.perf_counter() - t0
   if samples_out is not None:
     samples_out.append(xs)
@@ -260,6 +265,7 @@ def digit_checks(prior, key, *, samples: int, channels: int, epochs: int,
                                            np.bincount(p_ho.argmax(1), minlength=10) / len(yho)],
                      "epochs": epochs, "train_n": int(len(ytr)), "seconds": t_clf},
       "samples": {"n": int(samples), "ddim_steps": int(steps), "eta": float(eta),
+                  "sampler": sampler, "churn": float(churn) if sampler == "edm" else None,
                   "seconds": t_samp,
                   "confident": float(np.mean(p_s.max(1) >= CONFIDENT)),
                   "digit_fractions": [float(f) for f in frac],
@@ -280,7 +286,10 @@ def print_digit_checks(r: dict) -> None:
   print(f"\nDigit classifier (small CNN, {c['train_n']} training digits, {c['epochs']} epochs, "
         f"{c['seconds']:.0f} s): held-out accuracy {100 * c['heldout_accuracy']:.1f}%, "
         f"confident (p >= {CONFIDENT}) on {100 * c['heldout_confident']:.1f}% of held-out digits")
-  sampler = f"DDIM-{s['ddim_steps']}" + (f" eta {s['eta']:g}" if s.get("eta") else "")
+  if s.get("sampler") == "edm":
+    sampler = f"EDM-{s['ddim_steps']} (churn {s['churn']:g})"
+  else:
+    sampler = f"DDIM-{s['ddim_steps']}" + (f" eta {s['eta']:g}" if s.get("eta") else "")
   print(f"\n{s['n']} {sampler} samples ({s['seconds']:.0f} s) | samples | held-out digits | goal |"
         "\n|---|---|---|---|")
   print(f"| confidently labelled (p >= {CONFIDENT}) | {100 * s['confident']:.1f}% | "
@@ -420,6 +429,12 @@ def main(argv=None) -> int:
                   help="mnist32: DDIM steps of those samples (default %(default)s)")
   ap.add_argument("--eta", type=float, default=0.0,
                   help="mnist32: DDIM eta of those samples (0 deterministic, 1 ancestral)")
+  ap.add_argument("--sampler", choices=("ddim", "edm"), default="ddim",
+                  help="mnist32: sampler of those samples (edm: Karras et al.'s stochastic "
+                  "Heun sampler, --sample-steps steps, 2 x steps - 1 network calls)")
+  ap.add_argument("--churn", type=float, default=80.0,
+                  help="mnist32, --sampler edm: S_churn (default %(default)s, Karras et al.'s "
+                  "for guided-diffusion's ImageNet-64 network)")
   ap.add_argument("--epochs", type=int, default=None,
                   help="mnist32: classifier training epochs (default 12; --quick 6)")
   ap.add_argument("--crops", type=int, default=None,
@@ -493,6 +508,7 @@ def main(argv=None) -> int:
       runs[sd] = digit_checks(prior, jax.random.fold_in(jax.random.key(sd), 11),
                               samples=n_samples, channels=channels, epochs=epochs,
                               samples_out=grid_samples, steps=args.sample_steps, eta=args.eta,
+                              sampler=args.sampler, churn=args.churn,
                               extra_digits=args.extra_digits)
       print_digit_checks(runs[sd])
     res["digits"] = runs[seeds[0]]

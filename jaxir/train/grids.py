@@ -1,4 +1,4 @@
-"""Sample grids during training: DDIM samples of the EMA weights, saved as a PNG."""
+"""Sample grids during training: DDIM (or EDM) samples of the EMA weights, saved as a PNG."""
 from __future__ import annotations
 
 import os
@@ -10,21 +10,36 @@ import numpy as np
 
 from jaxir.diffusion.ddim import ddim_sample
 from jaxir.diffusion.respace import space_timesteps
+from jaxir.errors import ConfigError
 
 __all__ = ["sample_grid", "save_grid"]
 
 
 def sample_grid(apply_fn: Callable, params, key, shape, *, steps: int = 50,
-                num_timesteps: int = 1000, schedule: str = "linear", eta: float = 0.0):
-  """Unconditional DDIM samples (x0 clipped), float32 (N, H, W, C) in [-1, 1].
+                num_timesteps: int = 1000, schedule: str = "linear", eta: float = 0.0,
+                sampler: str = "ddim", churn: float = 80.0):
+  """Unconditional samples (x0 clipped), float32 (N, H, W, C) in [-1, 1].
 
   Args:
     apply_fn, params: the model.
-    key: key of the starting noise (and of the per-step noise when eta > 0).
+    key: key of the starting noise (and of the per-step noise when eta > 0 or churn > 0).
     shape: (N, H, W, C).
-    steps: DDIM steps ("ddimN" respacing).
+    steps: DDIM steps ("ddimN" respacing), or EDM steps (2 * steps - 1 network calls).
     eta: DDIM eta: 0 deterministic (the default), 1 DDPM-like ancestral sampling.
+    sampler: "ddim" or "edm" (`jaxir.diffusion.edm_sample`, Karras et al.'s
+      stochastic Heun sampler with its other ImageNet-64 defaults).
+    churn: EDM's S_churn (sampler "edm" only).
   """
+  if sampler == "edm":
+    from jaxir.diffusion.edm import edm_sample
+    from jaxir.diffusion.schedule import get_schedule
+    k_T, k_steps = jax.random.split(key)
+    return jnp.clip(edm_sample(lambda x, t: apply_fn(params, x, t),
+                               jax.random.normal(k_T, shape, jnp.float32),
+                               get_schedule(schedule, num_timesteps), key=k_steps,
+                               steps=steps, churn=churn), -1.0, 1.0)
+  if sampler != "ddim":
+    raise ConfigError(f"sampler must be 'ddim' or 'edm'; got {sampler!r}.")
   ts = space_timesteps(num_timesteps, f"ddim{steps}")
   k_T, k_steps = jax.random.split(key)
   # eta 0 draws x_T from `key` itself, as before eta existed (same grids for the same key).
