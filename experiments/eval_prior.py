@@ -39,8 +39,9 @@ sigma) when it is installed. Its rows "holdout 256" run the Tweedie check on
 256x256 crops of the held-out photographs, to see how it serves as a prior on
 larger images (skipped with --quick).
 
-Prints markdown tables; writes a DDIM (50 steps, eta 0) sample grid with
---grid and all numbers with --json.
+Prints markdown tables; writes a 4x4 sample grid with --grid (mnist32: the
+first 16 classified samples, drawn by the chosen sampler; otherwise DDIM-50)
+and all numbers with --json.
 """
 from __future__ import annotations
 
@@ -448,7 +449,7 @@ def main(argv=None) -> int:
                   help="mnist32: comma-separated seeds of the sample checks (each its own "
                   "classifier and samples; default: --seed only); the summary gives each and "
                   "their mean, since one seed's confident share moves by several points")
-  ap.add_argument("--grid", default=None, help="write a 4x4 DDIM sample grid PNG here")
+  ap.add_argument("--grid", default=None, help="write a 4x4 sample grid PNG here")
   ap.add_argument("--json", default=None, help="write the numbers here")
   ap.add_argument("--timesteps", default=",".join(map(str, TIMESTEPS)),
                   help="comma-separated timesteps (default %(default)s)")
