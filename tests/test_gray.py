@@ -92,8 +92,8 @@ def test_grey_prior_loads_with_one_channel_and_equals_upstream_torch(grey_env):
   net = upstream_net(meta["model"])
   net.load_state_dict(load_file(str(d / "mnist32.safetensors")), strict=True)
   with torch.no_grad():
-    ref = net(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2)).float(),
-              torch.from_numpy(np.asarray(t))).numpy().transpose(0, 2, 3, 1)
+    ref = net(torch.from_numpy(np.array(x).transpose(0, 3, 1, 2)).float(),
+              torch.from_numpy(np.array(t))).numpy().transpose(0, 2, 3, 1)
   np.testing.assert_allclose(ours, ref, atol=2e-5 * max(1.0, np.abs(ref).max()))
 
 
