@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxir.diffusion.ddim import ddim_sample
+from jaxir.diffusion.edm import edm_sample
 from jaxir.diffusion.respace import space_timesteps
+from jaxir.diffusion.schedule import get_schedule
 from jaxir.errors import ConfigError
 
 __all__ = ["sample_grid", "save_grid"]
@@ -30,10 +32,8 @@ def sample_grid(apply_fn: Callable, params, key, shape, *, steps: int = 50,
       stochastic Heun sampler with its other ImageNet-64 defaults).
     churn: EDM's S_churn (sampler "edm" only).
   """
+  k_T, k_steps = jax.random.split(key)
   if sampler == "edm":
-    from jaxir.diffusion.edm import edm_sample
-    from jaxir.diffusion.schedule import get_schedule
-    k_T, k_steps = jax.random.split(key)
     return jnp.clip(edm_sample(lambda x, t: apply_fn(params, x, t),
                                jax.random.normal(k_T, shape, jnp.float32),
                                get_schedule(schedule, num_timesteps), key=k_steps,
@@ -41,7 +41,6 @@ def sample_grid(apply_fn: Callable, params, key, shape, *, steps: int = 50,
   if sampler != "ddim":
     raise ConfigError(f"sampler must be 'ddim' or 'edm'; got {sampler!r}.")
   ts = space_timesteps(num_timesteps, f"ddim{steps}")
-  k_T, k_steps = jax.random.split(key)
   # eta 0 draws x_T from `key` itself, as before eta existed (same grids for the same key).
   x_T = jax.random.normal(key if eta == 0.0 else k_T, shape, jnp.float32)
   return ddim_sample(lambda x, t: apply_fn(params, x, t), x_T, ts, eta=eta,
