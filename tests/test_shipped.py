@@ -59,8 +59,8 @@ def test_shipped_prior_matches_upstream_torch(name):
   t = jnp.array([10, 600])
   ours = np.asarray(model.apply(params, x, t))
   with torch.no_grad():
-    ref = net(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2)).float(),
-              torch.from_numpy(np.asarray(t))).numpy().transpose(0, 2, 3, 1)
+    ref = net(torch.from_numpy(np.array(x).transpose(0, 3, 1, 2)).float(),
+              torch.from_numpy(np.array(t))).numpy().transpose(0, 2, 3, 1)
   np.testing.assert_allclose(ours, ref, atol=2e-5 * max(1.0, np.abs(ref).max()))
 
 
