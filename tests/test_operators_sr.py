@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from jaxir.errors import ConfigError, JaxirError, RangeError, ShapeError
-from jaxir.operators import SVDOperator, adjoint_error
 from jaxir.operators.color import DDRM_GRAY_WEIGHTS, Colorization
 from jaxir.operators.denoise import Identity
 from jaxir.operators.inpaint import Inpaint, box_mask, random_mask
 from jaxir.operators.superres import AvgPoolSR, BicubicSR
 from references import FIXTURES
+from svd_contract import (check_adjoint, check_factors_orthonormal, check_generic_forms,
+                          check_pinv_identities, check_vmap_equals_loop, rel, svd_probe)
 
 FIXTURE_FILE = f"{FIXTURES}/operators/dps_operators.npz"
 # rbg keys: the generators and adjoint_error take any key; threefry's CPU compile
@@ -48,84 +49,23 @@ FULL_ROW_RANK = [k for k in OPERATORS if not k.startswith("inpaint")]
 EAGER = ["bicubic_x4_ragged", "avgpool_x4", "inpaint_channel", "color_ddrm", "identity"]
 
 
-def rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
-
-
-def _maps(op, x):
-  y = op.A(x)
-  return y, op.AT(y), op.pinv(y), op.VT(x), op.V(op.VT(x)), op.UT(y)
-
-
-def _inputs(op):
-  """Host-drawn test vectors (no PRNG in the compiled probe)."""
-  rng = np.random.default_rng(1)
-  n_s = jax.eval_shape(op.singulars).shape[0]
-  return dict(x=rng.standard_normal(op.in_shape, np.float32),
-              y=rng.standard_normal(op.out_shape, np.float32),
-              u=rng.standard_normal((n_s,), np.float32),
-              xs=rng.standard_normal((2,) + op.in_shape, np.float32))
-
-
-def _probe(op, key, inp):
-  """Everything the registry tests compare, computed in one compiled call."""
-  x, y, u, xs = inp["x"], inp["y"], inp["u"], inp["xs"]
-  y_range = op.A(y) if isinstance(op, Inpaint) else y  # in the range of A
-  s = op.singulars()
-  ax = op.A(x)
-  (at_lin,) = jax.linear_transpose(op.A, jax.ShapeDtypeStruct(op.in_shape, jnp.float32))(y)
-  return dict(
-      ax=ax, s=s,
-      adjoint_error=adjoint_error(op, key),
-      at=op.AT(y), at_lin=at_lin,
-      svd_a=SVDOperator.A(op, x), svd_at=SVDOperator.AT(op, y_range),
-      svd_pinv=SVDOperator.pinv(op, y_range), at_range=op.AT(y_range),
-      pinv_range=op.pinv(y_range), pinv_y=op.pinv(y),
-      usvt=op.U(s * op.VT(x)[: s.shape[0]]),
-      vvt=op.V(op.VT(x)), utu=op.UT(op.U(u)),
-      apa=op.A(op.pinv(ax)), apy=op.A(op.pinv(y)),
-      dense_a=jax.jacfwd(op.A)(jnp.zeros(op.in_shape)),
-      dense_vt=jax.jacfwd(op.VT)(jnp.zeros(op.in_shape)),
-      dense_ut=jax.jacfwd(op.UT)(jnp.zeros(op.out_shape)),
-      batched=jax.vmap(lambda v: _maps(op, v))(xs),
-      looped=[_maps(op, v) for v in xs],
-  )
-
-
 @pytest.fixture(params=list(OPERATORS), scope="module")
 def probe(request):
   op = OPERATORS[request.param]()
-  inp = _inputs(op)
-  out = jax.tree.map(np.asarray, jax.jit(_probe)(op, KEY, inp))
-  return request.param, op, {**inp, **out}
+  return request.param, op, svd_probe(op, KEY)
 
 
 def test_adjoint(probe):
-  _, _, r = probe
-  assert float(r["adjoint_error"]) <= 1e-5
-  assert rel(r["at"], r["at_lin"]) <= 1e-5  # hand-written AT = linear_transpose(A)
+  check_adjoint(probe[2])
 
 
 def test_direct_forms_match_svd(probe):
   """A, AT, pinv overrides equal SVDOperator's generic SVD-form methods."""
-  _, _, r = probe
-  assert rel(r["svd_a"], r["ax"]) <= 1e-5
-  assert rel(r["usvt"], r["ax"]) <= 1e-5
-  assert rel(r["svd_at"], r["at_range"]) <= 1e-5
-  assert rel(r["svd_pinv"], r["pinv_range"]) <= 1e-5
+  check_generic_forms(probe[2])
 
 
 def test_svd_factors_orthonormal(probe):
-  _, _, r = probe
-  n = r["x"].size
-  vt = r["dense_vt"].astype(np.float64).reshape(n, n)
-  np.testing.assert_allclose(vt @ vt.T, np.eye(n), atol=2e-6)
-  assert rel(r["vvt"], r["x"]) <= 1e-5
-  m = r["s"].shape[0]
-  ut = r["dense_ut"].astype(np.float64).reshape(m, -1)
-  np.testing.assert_allclose(ut @ ut.T, np.eye(m), atol=2e-6)
-  assert rel(r["utu"], r["u"]) <= 1e-5
+  check_factors_orthonormal(probe[2])
 
 
 def test_singulars_and_pinv_match_numpy(probe):
@@ -142,21 +82,12 @@ def test_singulars_and_pinv_match_numpy(probe):
 
 def test_pinv_identities(probe):
   name, _, r = probe
-  assert rel(r["apa"], r["ax"]) <= 1e-5  # A A+ A = A
-  if name in FULL_ROW_RANK:
-    assert rel(r["apy"], r["y"]) <= 1e-5  # A A+ = I
+  check_pinv_identities(r, full_row_rank=name in FULL_ROW_RANK)
 
 
 def test_vmap_equals_loop_and_jit_equals_eager(probe):
   name, op, r = probe
-  for i, ref in enumerate(r["looped"]):
-    for got_b, want in zip(r["batched"], ref):
-      assert rel(got_b[i], want) <= 1e-6
-  if name not in EAGER:
-    return
-  eager = _maps(op, jnp.asarray(r["xs"][0]))
-  for got, want in zip(r["looped"][0], eager):
-    assert rel(got, want) <= 1e-6
+  check_vmap_equals_loop(op, r, eager=name in EAGER)
 
 
 # ----------------------------------------------------------------- bicubic (DPS)

@@ -12,12 +12,14 @@ import scipy.linalg
 import scipy.ndimage
 
 from jaxir.errors import ConfigError, KernelError, ShapeError
-from jaxir.operators import SVDOperator, adjoint_error
+from jaxir.operators import SVDOperator
 from jaxir.operators.separable import (SeparableBlur, ddrm_gaussian_taps, deblur_aniso,
                                        deblur_gauss, deblur_uni)
 from jaxir.operators.walsh_hadamard import (WalshHadamardCS, sequency_order, walsh_hadamard,
                                             walsh_hadamard_cs)
 from jaxir.tasks import TASKS, make_operator
+from svd_contract import (check_adjoint, check_factors_orthonormal, check_generic_forms,
+                          check_pinv_identities, check_vmap_equals_loop, rel, svd_probe)
 
 # rbg keys: cheap to compile on CPU (see test_operators_sr.py).
 KEY = jax.random.key(0, impl="rbg")
@@ -43,80 +45,29 @@ OPERATORS = {
 BLURS = [k for k in OPERATORS if not k.startswith("wh")]
 
 
-def rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
-
-
-def _maps(op, x):
-  y = op.A(x)
-  return y, op.AT(y), op.pinv(y), op.VT(x), op.V(op.VT(x)), op.UT(y)
-
-
-def _probe(op, key, inp):
-  """Everything the registry tests compare, in one compiled call."""
-  x, y, u, xs = inp["x"], inp["y"], inp["u"], inp["xs"]
-  s = op.singulars()
-  ax = op.A(x)
-  (at_lin,) = jax.linear_transpose(op.A, jax.ShapeDtypeStruct(op.in_shape, jnp.float32))(y)
-  return dict(
-      ax=ax, s=s, adjoint_error=adjoint_error(op, key), at=op.AT(y), at_lin=at_lin,
-      svd_a=SVDOperator.A(op, x), svd_at=SVDOperator.AT(op, y), svd_pinv=SVDOperator.pinv(op, y),
-      pinv_y=op.pinv(y), usvt=op.U(s * op.VT(x)[: s.shape[0]]),
-      vvt=op.V(op.VT(x)), utu=op.UT(op.U(u)), apa=op.A(op.pinv(ax)),
-      dense_a=jax.jacfwd(op.A)(jnp.zeros(op.in_shape)),
-      dense_vt=jax.jacfwd(op.VT)(jnp.zeros(op.in_shape)),
-      dense_ut=jax.jacfwd(op.UT)(jnp.zeros(op.out_shape)),
-      batched=jax.vmap(lambda v: _maps(op, v))(xs),
-      looped=[_maps(op, v) for v in xs],
-  )
-
-
 @pytest.fixture(params=list(OPERATORS), scope="module")
 def probe(request):
   op = OPERATORS[request.param]()
-  rng = np.random.default_rng(1)
-  n_s = jax.eval_shape(op.singulars).shape[0]
-  inp = dict(x=rng.standard_normal(op.in_shape, np.float32),
-             y=rng.standard_normal(op.out_shape, np.float32),
-             u=rng.standard_normal((n_s,), np.float32),
-             xs=rng.standard_normal((2,) + op.in_shape, np.float32))
-  out = jax.tree.map(np.asarray, jax.jit(_probe)(op, KEY, inp))
-  return request.param, op, {**inp, **out}
+  return request.param, op, svd_probe(op, KEY)
 
 
 def test_adjoint(probe):
-  _, _, r = probe
-  assert float(r["adjoint_error"]) <= 1e-5
-  assert rel(r["at"], r["at_lin"]) <= 1e-5  # hand-written AT = linear_transpose(A)
+  check_adjoint(probe[2])
 
 
 def test_pinv_reproduces_the_measurement(probe):
   """A A⁺ A = A (the blurs' kept products go down to threshold² ~ 1e-3; measured
   errors stay below 4e-7)."""
-  _, _, r = probe
-  assert rel(r["apa"], r["ax"]) <= 1e-5
+  check_pinv_identities(probe[2], full_row_rank=False)
 
 
 def test_svd_reconstruction_and_generic_forms(probe):
   """U diag(s) Vᵀ x = A x, and the direct A, Aᵀ, A⁺ equal the base class's SVD forms."""
-  _, _, r = probe
-  assert rel(r["usvt"], r["ax"]) <= 1e-5
-  assert rel(r["svd_a"], r["ax"]) <= 1e-5
-  assert rel(r["svd_at"], r["at"]) <= 1e-5
-  assert rel(r["svd_pinv"], r["pinv_y"]) <= 1e-5
+  check_generic_forms(probe[2])
 
 
 def test_factors_orthonormal(probe):
-  _, _, r = probe
-  n = r["x"].size
-  vt = r["dense_vt"].astype(np.float64).reshape(n, n)
-  np.testing.assert_allclose(vt @ vt.T, np.eye(n), atol=2e-6)
-  assert rel(r["vvt"], r["x"]) <= 1e-5  # V(Vᵀ x) = x
-  m = r["s"].shape[0]
-  ut = r["dense_ut"].astype(np.float64).reshape(m, -1)
-  np.testing.assert_allclose(ut @ ut.T, np.eye(m), atol=2e-6)
-  assert rel(r["utu"], r["u"]) <= 1e-5
+  check_factors_orthonormal(probe[2])
 
 
 def test_singular_values_match_numpy(probe):
@@ -150,14 +101,8 @@ def test_singular_values_match_numpy(probe):
 
 def test_vmap_equals_loop_and_jit_equals_eager(probe):
   name, op, r = probe
-  for i, ref in enumerate(r["looped"]):
-    for got_b, want in zip(r["batched"], ref):
-      assert rel(got_b[i], want) <= 1e-6
-  if name not in ("deblur_aniso", "wh_sequency_rect"):  # eager dispatch is slow: one per class
-    return
-  eager = _maps(op, jnp.asarray(r["xs"][0]))
-  for got, want in zip(r["looped"][0], eager):
-    assert rel(got, want) <= 1e-6
+  # eager dispatch is slow: one operator per class
+  check_vmap_equals_loop(op, r, eager=name in ("deblur_aniso", "wh_sequency_rect"))
 
 
 # ------------------------------------------------------------------- separable blur
