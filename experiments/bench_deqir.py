@@ -83,6 +83,8 @@ def deqir_section(prior, shape, args):
              "residual": float(np.max(np.asarray(info.residual))),
              "converged": int(np.sum(np.asarray(info.converged))), "rel_diff": diff,
              "pred_seq_s": T * t_b, "pred_par_s": pred, "compile_s": tm_p.compile_s,
+             "unet_s": {n: cache[n] for n in sorted({b} | {math.ceil(b * T / D)
+                                                          for D in (1, 2, 4, 8)})},
              "sharded_s": {}}
       if b == 1 and len(devices) > 1:
         for D in (2, 4, 8):
@@ -121,10 +123,11 @@ def deqir_section(prior, shape, args):
   return lines, rows
 
 
-def memory_estimate(T: int = 25, batch: int = 4, m: int = 5) -> list[str]:
-  """Memory of the compiled DeqIR solve with the FFHQ-256 ADM (ffhq256_dps) at 256x256,
-  from XLA's memory analysis of the program compiled for THIS backend (no weights,
-  nothing allocated: the parameters are abstract shapes)."""
+def memory_estimate(T: int = 25, batch: int = 4, m: int = 5, size: int = 256) -> list[str]:
+  """Memory of the compiled DeqIR solve with the FFHQ-256 ADM (ffhq256_dps) at size x size
+  (256 for the issue's bound; smaller only for smoke runs), from XLA's memory analysis of
+  the program compiled for THIS backend (no weights, nothing allocated: the parameters are
+  abstract shapes)."""
   import jax
   import jax.numpy as jnp
 
@@ -134,18 +137,18 @@ def memory_estimate(T: int = 25, batch: int = 4, m: int = 5) -> list[str]:
   from jaxir.priors import model_prior
   from jaxir.solvers import deqir as Q
   model = ADMUNet(adm_config(**dict(NAMED_CONFIGS["ffhq256_dps"].upstream)))
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 256, 256, 3)),
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)),
                           jnp.zeros((1,), jnp.int32))
   prior = model_prior(model, shapes)
-  op = AvgPoolSR((256, 256, 3), 4)
+  op = AvgPoolSR((size, size, 3), 4)
   cfg = Q.DeqIRConfig(T=T, m=m)
   fn = jax.vmap(lambda a, y, p: Q.deqir_solve(a, y, op, p, cfg, grad=None), in_axes=(0, 0, None))
-  compiled = jax.jit(fn).lower(jax.ShapeDtypeStruct((batch, 256, 256, 3), jnp.float32),
-                               jax.ShapeDtypeStruct((batch, 64, 64, 3), jnp.float32),
+  compiled = jax.jit(fn).lower(jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+                               jax.ShapeDtypeStruct((batch, size // 4, size // 4, 3), jnp.float32),
                                prior).compile()
   ma = compiled.memory_analysis()
   gib = lambda v: f"{v / 2**30:.2f} GiB"
-  return [f"DeqIR memory (ffhq256_dps, 256x256, T {T}, batch {batch}, m {m}, no gradient; XLA "
+  return [f"DeqIR memory (ffhq256_dps, {size}x{size}, T {T}, batch {batch}, m {m}, no gradient; XLA "
           f"memory analysis on {jax.default_backend()}): arguments "
           f"{gib(ma.argument_size_in_bytes)}, temporaries {gib(ma.temp_size_in_bytes)}, "
           f"outputs {gib(ma.output_size_in_bytes)}"]
@@ -158,9 +161,11 @@ def main(argv=None) -> int:
   ap.add_argument("--json", default=None)
   ap.add_argument("--memory", action="store_true",
                   help="only print the compiled-memory estimate (FFHQ-256 ADM, T 25, batch 4)")
+  ap.add_argument("--memory-size", type=int, default=256,
+                  help="image side for --memory (256: the issue's bound; smaller for smoke runs)")
   args, rest = ap.parse_known_args(argv)
   if args.memory:
-    print("\n".join(memory_estimate()))
+    print("\n".join(memory_estimate(size=args.memory_size)))
     return 0
   import bench_solvers
   from _bench import environment, header_lines, write_json
