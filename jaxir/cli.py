@@ -264,6 +264,8 @@ class BatchRunner:
 
   def batch(self, keys, ys, ops, prior):
     """(args, prior, n, devices): the batch padded and placed, and its true size n."""
+    import jax
+
     from jaxir.parallel import data_mesh, pad_batch, replicate, shard_batch
     n = len(keys)
     m = self.mesh if n >= self.mesh.devices.size else data_mesh(list(self.mesh.devices.flat)[:n])
@@ -271,6 +273,8 @@ class BatchRunner:
     if m.devices.size > 1:
       batched = shard_batch(batched, m)
       prior = replicate(prior, m)
+    else:  # the one-device program must not see the prior's copies on other devices
+      batched, prior = jax.device_put((batched, prior), m.devices.flat[0])
     return batched, prior, n, m.devices.size
 
   def signature(self, batched, devices):
@@ -489,6 +493,11 @@ def restore(args) -> dict:
 
 def _diverged_message(cfg) -> str:
   from jaxir.solvers.dcdp import stable_mu
+  from jaxir.solvers.deqir import DeqIRConfig
+  if isinstance(cfg, DeqIRConfig):
+    return ("DeqIR's fixed-point solve diverged (its residual became NaN/inf), so the result is "
+            "not a restoration: use the triangular Anderson (--set triangular=true) or plain "
+            "Picard iteration (--set solver=picard).")
   limit = stable_mu(cfg) if hasattr(cfg, "lr_size") else math.inf
   hint = f" (mu below {limit:.3g} is stable at this lr)" if math.isfinite(limit) else ""
   return ("DCDP's data-consistency phase diverged (its data residual grew): the step lr or "

@@ -154,3 +154,42 @@ def test_one_device_call_runs_the_optioned_program_and_returns_finished_arrays(m
   if dev.platform == "cpu" and len(jax.devices("cpu")) > 1:  # one device: plain fn(*args)
     assert got.is_ready()
   np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-6)
+
+
+_PLACEMENT_SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp
+from jaxir.cli import BatchRunner
+from jaxir.parallel import one_device_call, replicate
+from jaxir.priors import load_prior
+from jaxir.solvers.deqir import DeqIRConfig, deqir
+from jaxir.tasks import simulate, stack_operators
+prior = replicate(load_prior("mnist32"))  # as the command holds it: on both host devices
+x = jnp.tanh(jax.random.normal(jax.random.key(0), (32, 32, 1)))
+op, y = simulate("sr4_avgpool", jax.random.key(1), x)
+runner = BatchRunner(deqir, DeqIRConfig(T=2))
+batched, bprior, n, devices = runner.batch(jax.random.split(jax.random.key(2), 1), y[None],
+                                           stack_operators([op]), prior)
+on = {str(d) for a in jax.tree.leaves((batched, bprior)) for d in a.devices()}
+try:
+  one_device_call(jax.devices()[0], lambda a: a, jnp.zeros(3) + replicate(jnp.ones(3)))
+  refused = False
+except ValueError as e:
+  refused = "place every argument" in str(e)
+print("RESULT" + json.dumps({"devices": devices, "placed_on": sorted(on), "refused": refused}))
+"""
+
+
+def test_one_image_batch_and_its_prior_sit_on_one_device():
+  # The command replicates the prior once over all host devices; a one-image batch is then
+  # compiled with one-device options, so its prior must be moved to that device: with the
+  # replicated copy the program spanned both devices and DeqIR returned noise (3.8 dB
+  # instead of 22.1 dB, 2026-12-03). one_device_call now refuses such arguments.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _PLACEMENT_SCRIPT], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.split("RESULT")[-1])
+  assert out["devices"] == 1 and len(out["placed_on"]) == 1, out
+  assert out["refused"]

@@ -274,7 +274,7 @@ def spectrum(operator) -> jax.Array:
   return jnp.zeros((n,), jnp.float32).at[: s.shape[0]].set(s)
 
 
-def ddnm_plus_weights(s, abar_next, sigma_y, eta):
+def ddnm_plus_weights(s, abar_next, sigma_y, eta, etw=None):
   """DDNM+ per-coefficient weights (lambda, d_noise, d_eps), each shaped like s.
 
   Args:
@@ -282,11 +282,14 @@ def ddnm_plus_weights(s, abar_next, sigma_y, eta):
     abar_next: alphas_cumprod of the step's target (1 at the last step).
     sigma_y: measurement noise std on [-1, 1] (> 0).
     eta: DDNM's eta.
+    etw: the null space's eps weight is sigma_t sqrt(1 - etw^2); None: etw = eta,
+      DDNM+'s own rule. DeqIR's chain passes its etw (its noiseless steps weight eps so).
 
   Returns:
     lambda (scales the range-space correction), d_noise (std of the fresh
     noise) and d_eps (weight of V^T eps): see the module docstring.
   """
+  etw = eta if etw is None else etw
   sig = jnp.sqrt(1.0 - abar_next)
   rng = s > 0
   nu = jnp.sqrt(abar_next) * sigma_y / jnp.where(rng, s, 1.0)
@@ -294,7 +297,7 @@ def ddnm_plus_weights(s, abar_next, sigma_y, eta):
   ce = math.sqrt(1.0 - eta ** 2)
   lam = jnp.where(noisy, sig * ce / jnp.where(noisy, nu, 1.0), 1.0)
   d_noise = jnp.where(rng & ~noisy, jnp.sqrt(jnp.maximum(sig ** 2 - nu ** 2, 0.0)), sig * eta)
-  d_eps = jnp.where(rng, 0.0, sig * ce)
+  d_eps = jnp.where(rng, 0.0, sig * math.sqrt(1.0 - etw ** 2))
   return lam, d_noise, d_eps
 
 
@@ -306,7 +309,8 @@ def ddnm_step(x_t, eps, abar_t, abar_next, y, operator, noise, *, eta: float,
     x_t: (H, W, C) state; eps: the network's eps at (x_t, t).
     abar_t, abar_next: alphas_cumprod now and at the target (1 at the end).
     y: one measurement; operator: linear with `pinv` (DDNM+: an SVD operator).
-    noise: (H, W, C) standard normal draw.
+    noise: (H, W, C) standard normal draw; None with sigma_y > 0: the step is
+      deterministic, eps standing in for it (DeqIR's chain with nw = 0).
     eta, etw: noise and eps weights (etw None: eta); sigma_y: static float.
     s: `spectrum(operator)` if already computed (DDNM+ only).
 
@@ -314,11 +318,13 @@ def ddnm_step(x_t, eps, abar_t, abar_next, y, operator, noise, *, eta: float,
     (x_next, x0_hat): the next state and the corrected x0.
   """
   etw = eta if etw is None else etw
+  if sigma_y > 0 and noise is None:  # deterministic DDNM+: the predicted eps carries the
+    noise = eps                      # fresh-noise share, as DDIM's eta = 0 step carries it
   if sigma_y == 0:
     return ddim_step(x_t, eps, abar_t, abar_next, eta=eta, noise=noise, clip=False,
                      x0_fn=range_space_correction(operator, y), keep_eps=True, etw=etw)
   s = spectrum(operator) if s is None else s
-  lam, d_noise, d_eps = ddnm_plus_weights(s, abar_next, sigma_y, eta)
+  lam, d_noise, d_eps = ddnm_plus_weights(s, abar_next, sigma_y, eta, etw)
   V, VT = operator.V, operator.VT
 
   def correct(x0):
@@ -342,29 +348,47 @@ def draw_start(key, operator, nw: float):
 
 
 def ddnm_chain(x_T, y, operator, prior, *, T: int = 25, etw: float = 0.1, nw: float = 0.0,
-               noise=None):
+               noise=None, sigma_y: float = 0.0):
   """DeqIR's sequential DDNM chain from a given x_T (deterministic for nw = 0).
 
   `uniform_timesteps(T)`, no clipping, x_next = sqrt(abar') x0_hat + sqrt(1 - abar')
   (sqrt(1 - etw^2) eps + nw z) with ONE draw z for all steps; Picard iteration of
-  DeqIR's joint map reproduces it after T iterations.
+  DeqIR's joint map reproduces it after T iterations. With sigma_y > 0 each step is
+  `ddnm_step`'s DDNM+ step instead (eta = nw, the same etw; with nw = 0 deterministic, the
+  predicted eps carrying DDNM+'s fresh-noise share).
 
   Args:
     x_T: (H, W, C) start at timestep `uniform_timesteps(T)[0]`.
     y: one measurement, shape `operator.out_shape`.
-    operator: a linear operator with `pinv`.
+    operator: a linear operator with `pinv` (an SVD operator when sigma_y > 0).
     prior: a `jaxir.priors.Prior` (alphas from `prior.schedule`).
     T, etw, nw: steps, eps weight, noise weight.
     noise: (H, W, C) standard normal draw reused at every step (needed when nw > 0).
+    sigma_y: measurement noise std on [-1, 1]; > 0: DDNM+'s noise-aware steps.
 
   Returns:
     (H, W, C) restored image x_0.
   """
   check_measurement(y, operator, prior=prior)
   if nw != 0.0 and noise is None:
-    raise ConfigError("ddnm_chain with nw > 0 needs noise=(H, W, C) standard normal draw.")
-  correct = range_space_correction(operator, y)
+    raise ConfigError("ddnm_chain with nw > 0 needs noise=(H, W, C), one standard normal "
+                      "draw (draw_start gives it).")
   ts = uniform_timesteps(T, prior.schedule.num_timesteps)
+  if sigma_y > 0.0:
+    ac = jnp.asarray(prior.schedule.alphas_cumprod, jnp.float32)
+    a = ac[jnp.asarray(ts)]
+    an = jnp.concatenate([a[1:], jnp.ones((1,), jnp.float32)])
+    s = spectrum(operator)
+
+    def body(x, inp):
+      t, a_t, a_next = inp
+      x_next, _ = ddnm_step(x, eps_single(prior, x, t), a_t, a_next, y, operator, noise,
+                            eta=nw, etw=etw, sigma_y=sigma_y, s=s)
+      return x_next, None
+
+    x, _ = jax.lax.scan(body, x_T, (jnp.asarray(ts, jnp.int32), a, an))
+    return x
+  correct = range_space_correction(operator, y)
   x = ddim_sample(prior.model, x_T[None], ts, eta=nw, clip_denoised=False,
                   schedule=prior.schedule, x0_fn=lambda x0, t: jax.vmap(correct)(x0),
                   keep_eps=True, etw=etw, noise=None if noise is None else noise[None])

@@ -14,7 +14,8 @@ where d_i depends on x_i only through the network's eps(x_i, t_i). Since
 
 `joint_map` evaluates this for all slots at once: every slot's input (x_T, then
 the previous iterate's slots 0..T-2) goes through the network in ONE batch, the
-ONE `ddim_step` (with DDNM's range-space correction) is vmapped over the slot
+ONE DDNM step (`jaxir.solvers.ddnm.ddnm_step`: `ddim_step` with DDNM's range-space
+correction, or DDNM+'s noise-aware one when `sigma_y` > 0) is vmapped over the slot
 axis to give each slot's one-step output, d follows, and a weighted cumulative
 sum over slots replaces each slot's null-space component by the unrolled one.
 The map is lower-triangular in the slots, so Picard iteration from any start
@@ -49,14 +50,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxir.diffusion.ddim import ddim_step, x0_from_eps
+from jaxir.diffusion.ddim import x0_from_eps
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.fixed_point import Anderson, Picard, fixed_point
 from jaxir.solvers.common import callable_module, check_measurement
-from jaxir.solvers.ddnm import (_check_linear, draw_start, range_space_correction,
-                                uniform_timesteps)
+from jaxir.solvers.ddnm import _check_linear, ddnm_step, draw_start, spectrum, uniform_timesteps
 
-__all__ = ["DeqIRConfig", "DeqIRInfo", "deqir_timesteps", "joint_map", "deqir_solver",
+__all__ = ["DeqIRConfig", "DEQIR_PRESETS", "DeqIRInfo", "deqir_timesteps", "joint_map", "deqir_solver",
            "solve_slots", "deqir_solve", "init_loss", "optimize_init", "deqir"]
 
 _SOLVERS = ("anderson", "picard")
@@ -72,6 +72,15 @@ class DeqIRConfig:
     T: slots = respaced steps (README `--timesteps 25`).
     etw: eps weight sqrt(1 - etw^2) (README `--etw 0.1`).
     nw: injected-noise weight (`main.py` `--nw` default 0).
+    sigma_y: measurement noise std on the [-1, 1] scale. 0 (the official code,
+      which has no noise model): the range-space correction A^+ y passes the
+      noise through, so a noisy y comes back noisy (denoising returns y itself).
+      > 0: every slot's step is DDNM+'s noise-aware step (`jaxir.solvers.ddnm.
+      ddnm_step`, eta = nw, this etw), as issue 15 asks; with nw = 0 it is
+      deterministic, the predicted eps carrying DDNM+'s fresh-noise share as in a
+      DDIM step (one shared draw instead gave 2x the optimal error on inpainting).
+      Needs an SVD operator. The chain stays one deterministic map of x_T, so the
+      fixed point, Picard's exactness after T and the gradients hold.
     solver: "anderson" or "picard" (official: Anderson).
     m, lam, beta, tol, max_iter: Anderson history, ridge, mixing, relative
       tolerance and loop bound (`ddim_anderson.py` `fp_implicit_iters_anderson`:
@@ -100,6 +109,7 @@ class DeqIRConfig:
   T: int = 25  # DeqIR README: --timesteps 25
   etw: float = 0.1  # DeqIR README: --etw 0.1
   nw: float = 0.0  # DeqIR main.py: --nw default 0
+  sigma_y: float = 0.0  # noiseless, as the official code; > 0: DDNM+ steps (Wang et al. 2023)
   solver: str = "anderson"  # DeqIR ddim_anderson.py fp_implicit_iters_anderson
   m: int = 5  # DeqIR main.py: --m 5
   lam: float = 1e-3  # DeqIR ddim_anderson.py: lam=1e-3
@@ -132,6 +142,12 @@ class DeqIRConfig:
     if not 0.0 <= self.etw <= 1.0 or self.nw < 0.0:
       raise ConfigError(f"DeqIR needs 0 <= etw <= 1 and nw >= 0; got etw={self.etw}, "
                         f"nw={self.nw}.")
+    if not self.sigma_y >= 0.0:
+      raise ConfigError(f"sigma_y must be >= 0 (the measurement noise std on [-1, 1]); got "
+                        f"{self.sigma_y}.")
+    if self.sigma_y > 0.0 and self.nw > 1.0:
+      raise ConfigError(f"with sigma_y > 0 (DDNM+ steps) nw is DDNM+'s eta and must be <= 1; "
+                        f"got nw={self.nw}.")
     deqir_solver(self)  # validates the solver fields with jaxir.fixed_point's checks
 
 
@@ -147,6 +163,9 @@ class DeqIRInfo(NamedTuple):
     converged: bool, residual < tol.
     init_losses: float32 (init_steps,), the initialization-optimization loss
       before each Adam step (empty when off).
+    diverged: bool, the residual is not finite: the solve blew up (seen with the
+      official per-slot Anderson on noise-aware chains; the triangular one and
+      Picard did not) and the result is not a restoration.
   """
   iterations: jax.Array
   evaluations: jax.Array
@@ -155,6 +174,7 @@ class DeqIRInfo(NamedTuple):
   residuals: jax.Array
   converged: jax.Array
   init_losses: jax.Array
+  diverged: jax.Array
 
 
 def deqir_timesteps(T: int, num_timesteps: int = 1000) -> np.ndarray:
@@ -163,7 +183,7 @@ def deqir_timesteps(T: int, num_timesteps: int = 1000) -> np.ndarray:
 
 
 def joint_map(prior, slots, x_T, y, operator, timesteps, *, etw=0.0, nw=0.0, noise=None,
-              sharding=None):
+              sigma_y=0.0, sharding=None):
   """One application of DeqIR's joint map to all slots of one image.
 
   Args:
@@ -176,6 +196,8 @@ def joint_map(prior, slots, x_T, y, operator, timesteps, *, etw=0.0, nw=0.0, noi
     timesteps: (T,) slot timesteps, highest first (`deqir_timesteps(T)`).
     etw, nw: eps and noise weights (see `DeqIRConfig`).
     noise: (H, W, C) standard normal draw shared by all slots (needed when nw > 0).
+    sigma_y: measurement noise std; > 0: each slot takes DDNM+'s step (see
+      `DeqIRConfig.sigma_y`; an SVD operator).
     sharding: optional `jax.sharding.Sharding` of the (T, H, W, C) slot arrays,
       e.g. `NamedSharding(mesh, PartitionSpec("slots"))`: each device then runs
       the network on its slots, and XLA inserts the collectives of the
@@ -199,11 +221,11 @@ def joint_map(prior, slots, x_T, y, operator, timesteps, *, etw=0.0, nw=0.0, noi
   if sharding is not None:
     inputs = jax.lax.with_sharding_constraint(inputs, sharding)
   eps = prior.eps(inputs, ts)  # one network call on all slots
-  correct = range_space_correction(operator, y)
+  spec = spectrum(operator) if sigma_y > 0.0 else None
 
-  def step(x, e, a_t, a_next):
-    return ddim_step(x, e, a_t, a_next, eta=nw, noise=noise, clip=False, x0_fn=correct,
-                     keep_eps=True, etw=etw)[0]
+  def step(x, e, a_t, a_next):  # the sequential chain's step (DDNM, or DDNM+ if sigma_y > 0)
+    return ddnm_step(x, e, a_t, a_next, y, operator, noise, eta=nw, etw=etw, sigma_y=sigma_y,
+                     s=spec)[0]
 
   s = jax.vmap(step)(inputs, eps, a, an)  # the sequential step of every slot
   proj = jax.vmap(lambda v: operator.pinv(operator.A(v)))
@@ -228,9 +250,17 @@ def deqir_solver(config: DeqIRConfig):
                   triangular=config.triangular)
 
 
+DEQIR_PRESETS = {
+    "official": DeqIRConfig(),  # the official code's effective settings (noiseless)
+    "taa": DeqIRConfig(triangular=True),  # ParaTAA's triangular Anderson (Tang et al. 2024)
+}
+"""Named DeqIR configs; `dataclasses.replace(DEQIR_PRESETS[...], sigma_y=...)` for noisy y."""
+
+
 def _map_fn(prior, operator, ts, config, noise, sharding=None):
   return lambda X, x_T, y: joint_map(prior, X, x_T, y, operator, ts, etw=config.etw,
-                                     nw=config.nw, noise=noise, sharding=sharding)
+                                     nw=config.nw, noise=noise, sigma_y=config.sigma_y,
+                                     sharding=sharding)
 
 
 def _check_x_T(x_T, operator):
@@ -254,7 +284,8 @@ def solve_slots(x_T, y, operator, prior, config: DeqIRConfig = DeqIRConfig(), *,
                       phantom_steps=config.phantom_steps, phantom_tau=config.phantom_tau)
   info = DeqIRInfo(iterations=fp.iterations, evaluations=fp.evaluations,
                    nfe=fp.evaluations * config.T, residual=fp.residual, residuals=fp.residuals,
-                   converged=fp.converged, init_losses=jnp.zeros((0,), jnp.float32))
+                   converged=fp.converged, init_losses=jnp.zeros((0,), jnp.float32),
+                   diverged=~jnp.isfinite(fp.residual))
   return X, info
 
 
