@@ -56,8 +56,8 @@ from jaxir.fixed_point import Anderson, Picard, fixed_point
 from jaxir.solvers.common import callable_module, check_measurement
 from jaxir.solvers.ddnm import _check_linear, ddnm_step, draw_start, spectrum, uniform_timesteps
 
-__all__ = ["DeqIRConfig", "DEQIR_PRESETS", "DeqIRInfo", "deqir_timesteps", "joint_map", "deqir_solver",
-           "solve_slots", "deqir_solve", "init_loss", "optimize_init", "deqir"]
+__all__ = ["DeqIRConfig", "DEQIR_PRESETS", "DeqIRInfo", "deqir_timesteps", "joint_map",
+           "deqir_solver", "solve_slots", "deqir_solve", "init_loss", "optimize_init", "deqir"]
 
 _SOLVERS = ("anderson", "picard")
 _GRADS = ("implicit", "phantom")
@@ -163,9 +163,9 @@ class DeqIRInfo(NamedTuple):
     converged: bool, residual < tol.
     init_losses: float32 (init_steps,), the initialization-optimization loss
       before each Adam step (empty when off).
-    diverged: bool, the residual is not finite: the solve blew up (seen with the
-      official per-slot Anderson on noise-aware chains; the triangular one and
-      Picard did not) and the result is not a restoration.
+    diverged: bool, the residual is not finite: the solve blew up (seen once, the
+      official per-slot Anderson on an early noise-aware chain; the triangular one
+      and Picard did not) and the result is not a restoration.
   """
   iterations: jax.Array
   evaluations: jax.Array

@@ -186,8 +186,8 @@ def _deqir_config(task, sigma_y, prior):
   """The official DeqIR settings; with sigma_y > 0 the "taa" preset with DDNM+'s noise-aware
   steps (the official code has no noise model: its range-space correction passes y's noise
   through). The official per-slot Anderson leaves the noise-aware chain unconverged in 15
-  evaluations (residual 2-5e-2, 0.4-0.9 dB below the fixed point on natural64 SR x4), the
-  triangular one reaches the tolerance (`docs/quality.md`)."""
+  evaluations (natural64 denoising: residual 1.8-3.6e-2, up to 6.4 dB below the triangular
+  one, which comes within 4e-3; `docs/quality.md`)."""
   from jaxir.solvers.deqir import DEQIR_PRESETS
   if sigma_y > 0:
     return dataclasses.replace(DEQIR_PRESETS["taa"], sigma_y=sigma_y)
