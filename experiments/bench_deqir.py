@@ -143,13 +143,14 @@ def memory_estimate(T: int = 25, batch: int = 4, m: int = 5, size: int = 256) ->
   op = AvgPoolSR((size, size, 3), 4)
   cfg = Q.DeqIRConfig(T=T, m=m)
   fn = jax.vmap(lambda a, y, p: Q.deqir_solve(a, y, op, p, cfg, grad=None), in_axes=(0, 0, None))
+  low = size // 4
   compiled = jax.jit(fn).lower(jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
-                               jax.ShapeDtypeStruct((batch, size // 4, size // 4, 3), jnp.float32),
+                               jax.ShapeDtypeStruct((batch, low, low, 3), jnp.float32),
                                prior).compile()
   ma = compiled.memory_analysis()
   gib = lambda v: f"{v / 2**30:.2f} GiB"
-  return [f"DeqIR memory (ffhq256_dps, {size}x{size}, T {T}, batch {batch}, m {m}, no gradient; XLA "
-          f"memory analysis on {jax.default_backend()}): arguments "
+  return [f"DeqIR memory (ffhq256_dps, {size}x{size}, T {T}, batch {batch}, m {m}, no "
+          f"gradient; XLA memory analysis on {jax.default_backend()}): arguments "
           f"{gib(ma.argument_size_in_bytes)}, temporaries {gib(ma.temp_size_in_bytes)}, "
           f"outputs {gib(ma.output_size_in_bytes)}"]
 

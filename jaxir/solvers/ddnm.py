@@ -83,7 +83,8 @@ from jaxir.solvers.common import (callable_module, check_measurement, eps_single
 
 __all__ = ["DDNMConfig", "DDNMInfo", "DDNMSchedule", "DDNM_PRESETS", "ddnm_preset",
            "uniform_timesteps", "ddnm_schedule", "range_space_correction", "spectrum",
-           "ddnm_plus_weights", "ddnm_step", "draw_start", "ddnm_chain", "ddnm_sample", "ddnm"]
+           "ddnm_plus_weights", "ddnm_step", "step_alphas", "draw_start", "ddnm_chain",
+           "ddnm_sample", "ddnm"]
 
 _CHAINS = ("ddnm", "deqir")
 
@@ -338,6 +339,13 @@ def ddnm_step(x_t, eps, abar_t, abar_next, y, operator, noise, *, eta: float,
   return x_next + extra.astype(x_next.dtype), x0_hat
 
 
+def step_alphas(prior, timesteps):
+  """(abar_t, abar_next), float32 (T,) each, of the steps from `timesteps` (highest first)
+  down to the next one, the last step ending at abar = 1."""
+  a = jnp.asarray(prior.schedule.alphas_cumprod, jnp.float32)[jnp.asarray(timesteps, jnp.int32)]
+  return a, jnp.concatenate([a[1:], jnp.ones((1,), jnp.float32)])
+
+
 def draw_start(key, operator, nw: float):
   """(x_T, noise): the chain's start and, when nw != 0, its one shared noise draw
   (DeqIR's convention), both standard normal of `operator.in_shape`, float32."""
@@ -375,9 +383,7 @@ def ddnm_chain(x_T, y, operator, prior, *, T: int = 25, etw: float = 0.1, nw: fl
                       "draw (draw_start gives it).")
   ts = uniform_timesteps(T, prior.schedule.num_timesteps)
   if sigma_y > 0.0:
-    ac = jnp.asarray(prior.schedule.alphas_cumprod, jnp.float32)
-    a = ac[jnp.asarray(ts)]
-    an = jnp.concatenate([a[1:], jnp.ones((1,), jnp.float32)])
+    a, an = step_alphas(prior, ts)
     s = spectrum(operator)
 
     def body(x, inp):

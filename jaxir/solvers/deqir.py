@@ -54,7 +54,8 @@ from jaxir.diffusion.ddim import x0_from_eps
 from jaxir.errors import ConfigError, ShapeError
 from jaxir.fixed_point import Anderson, Picard, fixed_point
 from jaxir.solvers.common import callable_module, check_measurement
-from jaxir.solvers.ddnm import _check_linear, ddnm_step, draw_start, spectrum, uniform_timesteps
+from jaxir.solvers.ddnm import (_check_linear, ddnm_step, draw_start, spectrum, step_alphas,
+                                uniform_timesteps)
 
 __all__ = ["DeqIRConfig", "DEQIR_PRESETS", "DeqIRInfo", "deqir_timesteps", "joint_map",
            "deqir_solver", "solve_slots", "deqir_solve", "init_loss", "optimize_init", "deqir"]
@@ -213,9 +214,7 @@ def joint_map(prior, slots, x_T, y, operator, timesteps, *, etw=0.0, nw=0.0, noi
                      "(one slot per timestep, each of x_T's shape).")
   if nw != 0.0 and noise is None:
     raise ConfigError("joint_map with nw > 0 needs noise=(H, W, C), one standard normal draw.")
-  ac = jnp.asarray(prior.schedule.alphas_cumprod, jnp.float32)
-  a = ac[ts]
-  an = jnp.concatenate([a[1:], jnp.ones((1,), jnp.float32)])
+  a, an = step_alphas(prior, ts)
   sa, sn = jnp.sqrt(a)[:, None, None, None], jnp.sqrt(an)[:, None, None, None]
   inputs = jnp.concatenate([x_T[None], slots[:-1]], axis=0)
   if sharding is not None:
